@@ -1,0 +1,121 @@
+# jarvas — build, run and test.  `make help` lists the targets.
+#
+# One pattern rule builds every object; -MMD -MP gives real header
+# dependencies.  Objects go to $(BUILD)/, responders to $(BIN)/.
+# `make asan` is the same build with ASan + UBSan in build/asan/.
+
+BUILD   ?= build/release
+BIN     ?= cgi-bin
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -MMD -MP -Isrc
+LDLIBS  := -lfcgi -lcurl -lcjson -lsqlite3 -lsodium -lpthread
+
+RESPONDERS := token chat chat_stream
+PROGRAMS   := $(addprefix $(BIN)/,$(RESPONDERS) jarvas-admin)
+MAINS      := $(wildcard src/main_*.c)
+LIB_SRC    := $(filter-out $(MAINS),$(wildcard src/*.c))
+LIB_OBJ    := $(LIB_SRC:src/%.c=$(BUILD)/%.o) $(BUILD)/schema.o
+UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
+
+# Debian packages: to build, to run, and what the tests add.
+PKGS_BUILD := gcc make libc6-dev libfcgi-dev libcurl4-openssl-dev libcjson-dev \
+              libsqlite3-dev libsodium-dev
+PKGS_RUN   := spawn-fcgi nginx-light sqlite3 curl ca-certificates
+PKGS_TEST  := python3 valgrind prometheus clang libclang-rt-14-dev
+
+.PHONY: all help deps deps-test run stop test asan unit integration valgrind \
+        clean format bench fuzz soak
+
+all: $(PROGRAMS) tests/fake_ollama
+
+# Keep objects that only feed a link step.
+.SECONDARY:
+
+help:
+	@echo "make            build the responders into $(BIN)/ and the test upstream"
+	@echo "make run        install missing packages, build, start everything (spawn/jarvasctl start)"
+	@echo "make stop       stop what 'make run' started"
+	@echo "make test       install what tests need, build, run unit + integration tests"
+	@echo "make asan       the integration tests against an ASan + UBSan build"
+	@echo "make valgrind   memcheck each responder over many requests"
+	@echo "make deps       install missing Debian packages (as root)"
+	@echo "make format     clang-format the C sources"
+	@echo "make clean      remove build products"
+
+$(BUILD)/%.o: src/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+# schema.sql is compiled in, so a binary always carries its migrations.
+$(BUILD)/schema.c: schema.sql
+	@mkdir -p $(@D)
+	{ echo 'const char db_schema_sql[] ='; \
+	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $<; \
+	  echo ';'; } > $@
+
+$(BUILD)/schema.o: $(BUILD)/schema.c
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/libjarvas.a: $(LIB_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BIN)/%: $(BUILD)/main_%.o $(BUILD)/libjarvas.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BIN)/jarvas-admin: $(BUILD)/main_admin.o $(BUILD)/libjarvas.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+tests/fake_ollama: tests/fake_ollama.c
+	$(CC) $(CFLAGS) -o $@ $< -lcjson
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libjarvas.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# Install only what is missing; apt-get needs root.
+deps:
+	@PKGS="$(PKGS_BUILD) $(PKGS_RUN) $(EXTRA_PKGS)" spawn/install-deps
+
+deps-test:
+	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(PKGS_TEST)"
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@spawn/jarvasctl run
+
+stop:
+	@spawn/jarvasctl stop
+
+unit: $(UNIT_TESTS)
+	@set -e; for t in $(UNIT_TESTS); do $$t; done
+
+integration: all
+	python3 tests/integration/run.py
+	JARVAS_STREAM_TEST_SELF=1 tests/test_streaming.sh
+
+test: deps-test
+	@$(MAKE) --no-print-directory all unit
+	@$(MAKE) --no-print-directory integration
+
+asan: deps-test
+	@$(MAKE) --no-print-directory all BUILD=build/asan BIN=build/asan/cgi-bin \
+		CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+	JARVAS_BIN_DIR=$(CURDIR)/build/asan/cgi-bin \
+		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:log_path=$(CURDIR)/build/asan/asan \
+		UBSAN_OPTIONS=print_stacktrace=1:log_path=$(CURDIR)/build/asan/ubsan \
+		python3 tests/integration/run.py
+	@if ls build/asan/asan.* build/asan/ubsan.* >/dev/null 2>&1; then \
+		echo "sanitizer reports:"; cat build/asan/asan.* build/asan/ubsan.* 2>/dev/null; exit 1; \
+	else echo "sanitizers: no reports"; fi
+
+format:
+	clang-format -i src/*.c src/*.h tests/*.c tests/unit/*.c
+
+clean:
+	rm -rf build $(PROGRAMS) tests/fake_ollama
+
+-include $(LIB_OBJ:.o=.d) $(MAINS:src/%.c=$(BUILD)/%.d)

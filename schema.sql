@@ -1,0 +1,50 @@
+-- jarvas database schema (SQLite 3, WAL mode).
+--
+-- Applied by db_migrate() in src/db.c, which is built with this file embedded:
+-- each block starting with a "-- migrate: N" line runs once, inside one
+-- transaction, when PRAGMA user_version < N, and then sets user_version = N.
+-- So an existing database is migrated in place and keeps its rows.
+-- Never edit a block that has shipped: add a new one below.
+
+-- migrate: 1
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY,
+    username      TEXT    NOT NULL UNIQUE,
+    password_hash TEXT    NOT NULL,              -- libsodium crypto_pwhash_str (argon2id)
+    is_active     INTEGER NOT NULL DEFAULT 1,
+    context       TEXT    NOT NULL DEFAULT '',   -- the user's part of the system prompt
+    created_at    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+
+-- History: one row per message.  A user message and the assistant reply it
+-- got are inserted together in one transaction when the exchange ends.
+CREATE TABLE messages (
+    id              INTEGER PRIMARY KEY,         -- from sequences('message')
+    user_id         INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    conversation_id TEXT    NOT NULL,
+    role            TEXT    NOT NULL CHECK (role IN ('user', 'assistant')),
+    content         TEXT    NOT NULL,
+    complete        INTEGER NOT NULL DEFAULT 1,  -- 0: reply cut short, client left
+    created_at      TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+-- "The last N messages of this user and conversation".
+CREATE INDEX messages_by_conversation ON messages (user_id, conversation_id, id);
+
+-- Message ids are handed out before a stream starts (the SSE event ids carry
+-- them), so they come from this counter rather than from rowid.
+CREATE TABLE sequences (
+    name  TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT INTO sequences (name, value) VALUES ('message', 0);
+
+-- Built system prompts.  The key is a hash of everything the prompt is built
+-- from, so a change to the base prompt or to the user is a new key at once.
+CREATE TABLE prompt_cache (
+    key        TEXT    PRIMARY KEY,
+    value      TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,                 -- unix seconds
+    expires_at INTEGER NOT NULL,                 -- unix seconds
+    hits       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX prompt_cache_by_expiry ON prompt_cache (expires_at);

@@ -1,0 +1,106 @@
+/*
+ * auth — request authentication (see auth.h).
+ */
+#include "auth.h"
+
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "jwt.h"
+#include "response.h"
+
+static const char not_valid[] = "Given token not valid for any token type";
+
+/* Split "Bearer <token>" as SimpleJWT does: 0 ok (*token set), 1 no
+ * credentials of our scheme, -1 malformed header (answered). */
+static int bearer_token(struct request *r, const char *header, struct buf *token)
+{
+	const char *p = header, *word[3];
+	size_t len[3];
+	int n = 0;
+
+	while (*p && n < 3) {
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (!*p)
+			break;
+		word[n] = p;
+		while (*p && *p != ' ' && *p != '\t')
+			p++;
+		len[n] = (size_t)(p - word[n]);
+		n++;
+	}
+	if (n == 0 || len[0] != 6 || memcmp(word[0], "Bearer", 6) != 0)
+		return 1;
+	if (n != 2) {
+		resp_detail_code(r, 401,
+				 "Authorization header must contain two space-delimited values",
+				 "bad_authorization_header");
+		return -1;
+	}
+	if (buf_append(token, word[1], len[1]) != BUF_OK) {
+		resp_detail_code(r, 401, not_valid, "token_not_valid");
+		return -1;
+	}
+	return 0;
+}
+
+int auth_require(struct request *r, int allow_query, struct user *u)
+{
+	const char *header = request_param(r, "HTTP_AUTHORIZATION");
+	struct jwt_claims claims;
+	struct buf token;
+	struct db *d;
+	int rc = 1, found;
+
+	buf_init(&token, JWT_MAX_LEN);
+	if (header)
+		rc = bearer_token(r, header, &token);
+	if (rc < 0)
+		goto fail;
+	if (rc == 1 && allow_query) {
+		rc = request_query(r, "access_token", &token);
+		if (rc < 0) {
+			resp_detail_code(r, 401, not_valid, "token_not_valid");
+			goto fail;
+		}
+		rc = rc == 1 ? 0 : 1;
+	}
+	if (rc == 1) {
+		resp_detail(r, 401, "Authentication credentials were not provided.");
+		goto fail;
+	}
+	if (jwt_verify(buf_str(&token), config.secret, config.secret_len, time(NULL),
+		       &claims) < 0 ||
+	    claims.type != JWT_ACCESS) {
+		resp_detail_code(r, 401, not_valid, "token_not_valid");
+		goto fail;
+	}
+	d = db_acquire();
+	if (!d) {
+		resp_detail(r, 503, "Database unavailable.");
+		goto fail;
+	}
+	found = users_by_id(d, claims.user_id, u);
+	db_release(d);
+	if (found < 0) {
+		resp_detail(r, 503, "Database unavailable.");
+		goto fail;
+	}
+	if (found == 0) {
+		resp_detail_code(r, 401, "User not found", "user_not_found");
+		goto fail;
+	}
+	if (!u->active) {
+		users_clear(u);
+		resp_detail_code(r, 401, "User is inactive", "user_inactive");
+		goto fail;
+	}
+	r->user_id = u->id;
+	buf_free(&token);
+	return 0;
+fail:
+	buf_free(&token);
+	return -1;
+}

@@ -1,0 +1,41 @@
+/*
+ * buf — a growable byte buffer with a hard maximum.
+ *
+ * Every variable-length thing jarvas holds (request bodies, NDJSON lines,
+ * replies, SQL results) lives in a buf.  It grows on demand up to the `max`
+ * given at init and fails cleanly past it, so one type gives both memory
+ * safety and our size limits.  Invariant: data[len] == '\0' whenever
+ * data != NULL, so the contents can always be used as a C string.
+ */
+#ifndef JARVAS_BUF_H
+#define JARVAS_BUF_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+struct buf {
+	char *data;
+	size_t len;
+	size_t cap;
+	size_t max; /* largest len allowed */
+};
+
+enum { BUF_OK = 0, BUF_NOMEM = -1, BUF_TOOBIG = -2 };
+
+void buf_init(struct buf *b, size_t max);
+void buf_free(struct buf *b);
+void buf_reset(struct buf *b); /* len = 0, keeps the memory */
+int buf_append(struct buf *b, const void *p, size_t n);
+int buf_puts(struct buf *b, const char *s);
+int buf_putc(struct buf *b, char c);
+int buf_printf(struct buf *b, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+int buf_vprintf(struct buf *b, const char *fmt, va_list ap);
+/* Drop the first n bytes, moving the rest to the front. */
+void buf_consume(struct buf *b, size_t n);
+/* Hand the contents to the caller (who frees them); b is left empty. */
+char *buf_steal(struct buf *b);
+/* Contents as a C string; "" for a buffer that never held anything. */
+const char *buf_str(const struct buf *b);
+
+#endif

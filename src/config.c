@@ -1,0 +1,201 @@
+/*
+ * config — read JARVAS_* variables into `config` (see config.h).
+ * A malformed value is a startup error, never silently replaced by the
+ * default: an operator who sets a number wants that number.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+
+struct config config;
+
+static const char *env_or(const char *name, const char *dflt)
+{
+	const char *v = getenv(name);
+
+	return (v && *v) ? v : dflt;
+}
+
+static int env_int(const char *name, long dflt, long min, long max, long *out,
+		   char *err, size_t errlen)
+{
+	const char *v = getenv(name);
+	char *end;
+	long n;
+
+	if (!v || !*v) {
+		*out = dflt;
+		return 0;
+	}
+	errno = 0;
+	n = strtol(v, &end, 10);
+	if (errno || *end || n < min || n > max) {
+		snprintf(err, errlen, "%s=%s: expected a whole number from %ld to %ld",
+			 name, v, min, max);
+		return -1;
+	}
+	*out = n;
+	return 0;
+}
+
+static char *join_path(const char *dir, const char *name)
+{
+	struct buf b;
+
+	buf_init(&b, 8192);
+	if (buf_printf(&b, "%s/%s", dir, name) != BUF_OK) {
+		buf_free(&b);
+		return NULL;
+	}
+	return buf_steal(&b);
+}
+
+/* The key file holds 64 hex characters; the key is those characters
+ * themselves, so every tool (and the tests) can use it as written. */
+static int read_secret(char *err, size_t errlen)
+{
+	FILE *f = fopen(config.secret_path, "r");
+	char line[256];
+	size_t n;
+
+	if (!f) {
+		snprintf(err, errlen, "cannot read %s (run jarvas-admin init): %s",
+			 config.secret_path, strerror(errno));
+		return -1;
+	}
+	if (!fgets(line, sizeof line, f))
+		line[0] = '\0';
+	fclose(f);
+	n = strcspn(line, "\r\n");
+	if (n < 32) {
+		snprintf(err, errlen, "%s: key too short", config.secret_path);
+		return -1;
+	}
+	config.secret = malloc(n);
+	if (!config.secret) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	memcpy(config.secret, line, n);
+	config.secret_len = n;
+	return 0;
+}
+
+/* Per-responder thread count: JARVAS_WORKERS_<NAME>, upper-cased. */
+static int responder_int(const char *prefix, const char *responder, long dflt,
+			 long max, long *out, char *err, size_t errlen)
+{
+	char name[64];
+	size_t i, p = strlen(prefix);
+
+	if (p + strlen(responder) + 1 > sizeof name)
+		return env_int(prefix, dflt, 1, max, out, err, errlen);
+	memcpy(name, prefix, p);
+	for (i = 0; responder[i]; i++) {
+		char c = responder[i];
+		name[p + i] = (c >= 'a' && c <= 'z') ? (char)(c - 'a' + 'A') : c;
+	}
+	name[p + i] = '\0';
+	return env_int(name, dflt, 1, max, out, err, errlen);
+}
+
+int config_load(const char *responder, int need_secret, char *err, size_t errlen)
+{
+	const char *secret_env, *state, *url, *prompt;
+	long n, workers_default;
+	size_t ulen;
+
+	memset(&config, 0, sizeof config);
+	config.responder = responder;
+
+	state = env_or("JARVAS_STATE_DIR", "var");
+	config.state_dir = strdup(state);
+	url = env_or("JARVAS_UPSTREAM_URL", "http://127.0.0.1:11434");
+	config.upstream_url = strdup(url);
+	config.model = strdup(env_or("JARVAS_MODEL", "llama3.2"));
+	prompt = env_or("JARVAS_SYSTEM_PROMPT_FILE", NULL);
+	config.system_prompt_file = prompt ? strdup(prompt) : NULL;
+	config.db_path = join_path(state, "jarvas.db");
+	config.metrics_dir = join_path(state, "metrics");
+	config.secret_path = join_path(state, "secret.key");
+	if (!config.state_dir || !config.upstream_url || !config.model ||
+	    (prompt && !config.system_prompt_file) || !config.db_path ||
+	    !config.metrics_dir || !config.secret_path) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	ulen = strlen(config.upstream_url);
+	while (ulen > 0 && config.upstream_url[ulen - 1] == '/')
+		config.upstream_url[--ulen] = '\0';
+
+#define INT_SETTING(var, name, dflt, min, max)                                 \
+	do {                                                                   \
+		if (env_int(name, dflt, min, max, &n, err, errlen) < 0)        \
+			return -1;                                             \
+		var = n;                                                       \
+	} while (0)
+
+	INT_SETTING(config.history_limit, "JARVAS_HISTORY_LIMIT", 12, 0, 1000);
+	INT_SETTING(config.access_lifetime, "JARVAS_ACCESS_LIFETIME", 300, 1, 365L * 86400);
+	INT_SETTING(config.refresh_lifetime, "JARVAS_REFRESH_LIFETIME", 86400, 1, 3650L * 86400);
+	INT_SETTING(config.db_pool, "JARVAS_DB_POOL", 8, 1, 256);
+	INT_SETTING(config.stack_size, "JARVAS_STACK_KIB", 256, 64, 65536);
+	config.stack_size *= 1024;
+	INT_SETTING(config.body_max, "JARVAS_BODY_MAX", 1024 * 1024, 1024, 64L * 1024 * 1024);
+	INT_SETTING(config.message_max, "JARVAS_MESSAGE_MAX", 16 * 1024, 1, 16L * 1024 * 1024);
+	INT_SETTING(config.upstream_connect_timeout, "JARVAS_UPSTREAM_CONNECT_TIMEOUT", 5, 1, 600);
+	INT_SETTING(config.upstream_idle_timeout, "JARVAS_UPSTREAM_IDLE_TIMEOUT", 120, 1, 86400);
+	INT_SETTING(config.upstream_total_timeout, "JARVAS_UPSTREAM_TOTAL_TIMEOUT", 600, 1, 86400);
+	INT_SETTING(config.ping_interval, "JARVAS_PING_INTERVAL", 15, 1, 3600);
+	INT_SETTING(config.prompt_cache_ttl, "JARVAS_PROMPT_CACHE_TTL", 3600, 1, 365L * 86400);
+	INT_SETTING(config.max_streams_per_user, "JARVAS_MAX_STREAMS_PER_USER", 4, 1, 100000);
+	INT_SETTING(config.hash_concurrency, "JARVAS_HASH_CONCURRENCY", 2, 1, 64);
+	INT_SETTING(config.dev_upstream, "JARVAS_DEV_UPSTREAM", 0, 0, 1);
+#undef INT_SETTING
+
+	workers_default = strcmp(responder, "chat_stream") == 0 ? 256
+			: strcmp(responder, "chat") == 0	 ? 16
+							 : 8;
+	if (responder_int("JARVAS_WORKERS_", responder, workers_default, 100000,
+			  &n, err, errlen) < 0)
+		return -1;
+	config.workers = (int)n;
+	if (responder_int("JARVAS_PROCS_", responder, 1, 256, &n, err, errlen) < 0)
+		return -1;
+	config.procs = (int)n;
+
+	secret_env = getenv("JARVAS_SECRET_KEY");
+	if (secret_env && *secret_env) {
+		config.secret_len = strlen(secret_env);
+		config.secret = malloc(config.secret_len);
+		if (!config.secret) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		memcpy(config.secret, secret_env, config.secret_len);
+	} else if (need_secret && read_secret(err, errlen) < 0) {
+		return -1;
+	}
+	return 0;
+}
+
+void config_free(void)
+{
+	free(config.state_dir);
+	free(config.db_path);
+	free(config.metrics_dir);
+	free(config.secret_path);
+	free(config.upstream_url);
+	free(config.model);
+	free(config.system_prompt_file);
+	if (config.secret)
+		memset(config.secret, 0, config.secret_len);
+	free(config.secret);
+	memset(&config, 0, sizeof config);
+}

@@ -1,0 +1,50 @@
+/*
+ * config — the process-wide settings, read once from JARVAS_* environment
+ * variables at startup (spawn/jarvasctl has already merged spawn/jarvas.env).
+ *
+ * Invariant: `config` is written only by config_load(), before any thread
+ * starts, and is read-only afterwards, so it needs no lock.
+ */
+#ifndef JARVAS_CONFIG_H
+#define JARVAS_CONFIG_H
+
+#include <stddef.h>
+
+struct config {
+	const char *responder;   /* "token", "chat", "chat_stream", "admin" */
+	char *state_dir;
+	char *db_path;           /* state_dir/jarvas.db */
+	char *metrics_dir;       /* state_dir/metrics */
+	char *secret_path;       /* state_dir/secret.key */
+	char *upstream_url;      /* without trailing slash */
+	char *model;
+	char *system_prompt_file; /* NULL: built-in prompt */
+	unsigned char *secret;   /* JWT HMAC key */
+	size_t secret_len;
+	int history_limit;
+	long access_lifetime;    /* seconds */
+	long refresh_lifetime;
+	int workers;             /* threads per process */
+	int procs;               /* processes per responder */
+	int db_pool;             /* SQLite connections per process */
+	size_t stack_size;       /* worker thread stack, bytes */
+	size_t body_max;         /* request body cap (413 past it) */
+	size_t message_max;      /* message cap in bytes (400 past it) */
+	int upstream_connect_timeout; /* seconds */
+	int upstream_idle_timeout;    /* seconds of upstream silence */
+	int upstream_total_timeout;   /* seconds for /api/chat/ */
+	int ping_interval;       /* seconds between ": ping" comments */
+	int prompt_cache_ttl;    /* seconds */
+	int max_streams_per_user;
+	int hash_concurrency;    /* concurrent password hashes */
+	int dev_upstream;        /* upstream is tests/fake_ollama */
+};
+
+extern struct config config;
+
+/* Fill `config` for `responder`.  `need_secret`: fail when there is no
+ * key.  Returns 0, or -1 with a reason in err. */
+int config_load(const char *responder, int need_secret, char *err, size_t errlen);
+void config_free(void);
+
+#endif

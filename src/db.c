@@ -1,0 +1,309 @@
+/*
+ * db — SQLite connections, prepared-statement cache, pool and migrations
+ * (see db.h).
+ *
+ * The pool is a fixed array guarded by pool.lock; a thread waits on
+ * pool.freed when every connection is taken.  Connections open on first
+ * use so a responder starts even while the database is unavailable, and
+ * /api/health/ can say so.
+ */
+#include "db.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define STMT_CACHE 48
+
+struct db {
+	sqlite3 *conn;
+	int in_use;
+	int nstmt;
+	struct {
+		const char *sql; /* key: address of the literal */
+		sqlite3_stmt *stmt;
+	} stmts[STMT_CACHE];
+};
+
+extern const char db_schema_sql[]; /* schema.sql, embedded by the Makefile */
+
+static struct {
+	pthread_mutex_t lock; /* guards every field below */
+	pthread_cond_t freed;
+	struct db *slots;
+	int size;
+	char *path;
+} pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, NULL };
+
+static int db_connect(struct db *d, const char *path, int create)
+{
+	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
+	int rc;
+
+	if (create)
+		flags |= SQLITE_OPEN_CREATE;
+	rc = sqlite3_open_v2(path, &d->conn, flags, NULL);
+	if (rc != SQLITE_OK) {
+		log_error("cannot open database %s: %s", path,
+			  d->conn ? sqlite3_errmsg(d->conn) : sqlite3_errstr(rc));
+		goto fail;
+	}
+	sqlite3_busy_timeout(d->conn, 5000);
+	sqlite3_extended_result_codes(d->conn, 1);
+	/* A query proves the file is a database, not just that open() worked. */
+	if (db_exec(d, "PRAGMA foreign_keys = ON") < 0 ||
+	    db_exec(d, "PRAGMA synchronous = NORMAL") < 0 ||
+	    db_exec(d, "SELECT count(*) FROM sqlite_schema") < 0) {
+		log_error("database %s unusable: %s", path, sqlite3_errmsg(d->conn));
+		goto fail;
+	}
+	return 0;
+fail:
+	sqlite3_close(d->conn);
+	d->conn = NULL;
+	return -1;
+}
+
+static void db_disconnect(struct db *d)
+{
+	int i;
+
+	for (i = 0; i < d->nstmt; i++)
+		sqlite3_finalize(d->stmts[i].stmt);
+	d->nstmt = 0;
+	sqlite3_close(d->conn);
+	d->conn = NULL;
+}
+
+struct db *db_open(const char *path, int create)
+{
+	struct db *d = calloc(1, sizeof *d);
+
+	if (!d)
+		return NULL;
+	if (db_connect(d, path, create) < 0) {
+		free(d);
+		return NULL;
+	}
+	return d;
+}
+
+void db_close(struct db *d)
+{
+	if (!d)
+		return;
+	db_disconnect(d);
+	free(d);
+}
+
+int db_pool_init(const char *path, int size)
+{
+	pool.slots = calloc((size_t)size, sizeof *pool.slots);
+	pool.path = strdup(path);
+	if (!pool.slots || !pool.path) {
+		free(pool.slots);
+		free(pool.path);
+		return -1;
+	}
+	pool.size = size;
+	return 0;
+}
+
+void db_pool_free(void)
+{
+	int i;
+
+	for (i = 0; i < pool.size; i++)
+		if (pool.slots[i].conn)
+			db_disconnect(&pool.slots[i]);
+	free(pool.slots);
+	free(pool.path);
+	pool.slots = NULL;
+	pool.path = NULL;
+	pool.size = 0;
+}
+
+struct db *db_acquire(void)
+{
+	struct db *d = NULL;
+	int i;
+
+	pthread_mutex_lock(&pool.lock);
+	for (;;) {
+		/* Prefer an open connection, so the pool stays warm. */
+		for (i = 0; i < pool.size && !d; i++)
+			if (!pool.slots[i].in_use && pool.slots[i].conn)
+				d = &pool.slots[i];
+		for (i = 0; i < pool.size && !d; i++)
+			if (!pool.slots[i].in_use)
+				d = &pool.slots[i];
+		if (d)
+			break;
+		pthread_cond_wait(&pool.freed, &pool.lock);
+	}
+	d->in_use = 1;
+	pthread_mutex_unlock(&pool.lock);
+
+	/* Connecting happens outside the lock: it touches the disk. */
+	if (!d->conn && db_connect(d, pool.path, 0) < 0) {
+		db_release(d);
+		return NULL;
+	}
+	return d;
+}
+
+void db_release(struct db *d)
+{
+	if (!d)
+		return;
+	/* A connection left inside a transaction by an error path would hold
+	 * the write lock for everyone; end it here. */
+	if (d->conn && !sqlite3_get_autocommit(d->conn))
+		db_rollback(d);
+	pthread_mutex_lock(&pool.lock);
+	d->in_use = 0;
+	pthread_cond_signal(&pool.freed);
+	pthread_mutex_unlock(&pool.lock);
+}
+
+sqlite3_stmt *db_stmt(struct db *d, const char *sql)
+{
+	sqlite3_stmt *st;
+	int i;
+
+	for (i = 0; i < d->nstmt; i++) {
+		if (d->stmts[i].sql == sql) {
+			st = d->stmts[i].stmt;
+			sqlite3_reset(st);
+			sqlite3_clear_bindings(st);
+			return st;
+		}
+	}
+	if (sqlite3_prepare_v3(d->conn, sql, -1, SQLITE_PREPARE_PERSISTENT, &st,
+			       NULL) != SQLITE_OK) {
+		log_error("prepare failed: %s: %s", sqlite3_errmsg(d->conn), sql);
+		return NULL;
+	}
+	if (d->nstmt < STMT_CACHE) {
+		d->stmts[d->nstmt].sql = sql;
+		d->stmts[d->nstmt].stmt = st;
+		d->nstmt++;
+	} else {
+		/* Cannot happen with our fixed set of statements; fail loudly. */
+		log_error("statement cache full");
+		sqlite3_finalize(st);
+		return NULL;
+	}
+	return st;
+}
+
+int db_exec(struct db *d, const char *sql)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(d->conn, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		sqlite3_free(msg);
+		return -1;
+	}
+	return 0;
+}
+
+int db_begin(struct db *d)
+{
+	return db_exec(d, "BEGIN IMMEDIATE");
+}
+
+int db_commit(struct db *d)
+{
+	return db_exec(d, "COMMIT");
+}
+
+void db_rollback(struct db *d)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(d->conn, "ROLLBACK", NULL, NULL, &msg) != SQLITE_OK)
+		sqlite3_free(msg);
+}
+
+const char *db_errmsg(struct db *d)
+{
+	return d && d->conn ? sqlite3_errmsg(d->conn) : "no database connection";
+}
+
+sqlite3 *db_handle(struct db *d)
+{
+	return d->conn;
+}
+
+/* Find the next "-- migrate: N" marker at or after p.  Returns its start
+ * and sets *version, or NULL. */
+static const char *next_migration(const char *p, int *version)
+{
+	static const char marker[] = "-- migrate: ";
+
+	while ((p = strstr(p, marker)) != NULL) {
+		if (p == db_schema_sql || p[-1] == '\n') {
+			*version = atoi(p + sizeof marker - 1);
+			return p;
+		}
+		p += sizeof marker - 1;
+	}
+	return NULL;
+}
+
+int db_migrate(struct db *d, char *err, size_t errlen)
+{
+	const char *start, *end;
+	int current = 0, version, next_version;
+	char *block = NULL;
+	sqlite3_stmt *st;
+
+	if (sqlite3_prepare_v2(d->conn, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
+		goto sqlfail;
+	if (sqlite3_step(st) == SQLITE_ROW)
+		current = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+
+	/* WAL is a property of the file; setting it once here is enough. */
+	if (db_exec(d, "PRAGMA journal_mode = WAL") < 0)
+		goto sqlfail;
+
+	start = next_migration(db_schema_sql, &version);
+	while (start) {
+		end = next_migration(start + 1, &next_version);
+		if (version > current) {
+			size_t n = end ? (size_t)(end - start) : strlen(start);
+			char pragma[64];
+
+			block = malloc(n + 1);
+			if (!block) {
+				snprintf(err, errlen, "out of memory");
+				return -1;
+			}
+			memcpy(block, start, n);
+			block[n] = '\0';
+			snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", version);
+			if (db_begin(d) < 0 || db_exec(d, block) < 0 ||
+			    db_exec(d, pragma) < 0 || db_commit(d) < 0) {
+				snprintf(err, errlen, "migration %d failed: %s", version,
+					 sqlite3_errmsg(d->conn));
+				db_rollback(d);
+				free(block);
+				return -1;
+			}
+			free(block);
+			block = NULL;
+			current = version;
+		}
+		start = end;
+		version = next_version;
+	}
+	return 0;
+sqlfail:
+	snprintf(err, errlen, "%s", sqlite3_errmsg(d->conn));
+	return -1;
+}

@@ -1,0 +1,237 @@
+/*
+ * jarvas-admin — the operator's command line behind spawn/jarvasctl:
+ * create or migrate the database and secret key, and manage users.
+ *
+ *   jarvas-admin init
+ *   jarvas-admin adduser NAME     (password: one line on stdin)
+ *   jarvas-admin passwd NAME      (password: one line on stdin)
+ *   jarvas-admin deluser NAME
+ *   jarvas-admin users
+ *   jarvas-admin context NAME     (the user's prompt context: all of stdin)
+ *
+ * Exit status: 0 done, 1 failed (reason on stderr), 2 usage.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "config.h"
+#include "db.h"
+#include "password.h"
+#include "users.h"
+
+static int usage(void)
+{
+	fprintf(stderr, "usage: jarvas-admin init | adduser NAME | passwd NAME | "
+			"deluser NAME | users | context NAME\n");
+	return 2;
+}
+
+/* The key is 64 hex characters; created once, never overwritten. */
+static int make_secret(void)
+{
+	unsigned char raw[32];
+	char hex[65];
+	int fd;
+
+	if (config.secret)
+		return 0; /* JARVAS_SECRET_KEY is set: no file needed */
+	fd = open(config.secret_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		if (errno == EEXIST)
+			return 0;
+		fprintf(stderr, "jarvas-admin: cannot create %s: %s\n",
+			config.secret_path, strerror(errno));
+		return -1;
+	}
+	randombytes_buf(raw, sizeof raw);
+	sodium_bin2hex(hex, sizeof hex, raw, sizeof raw);
+	hex[64] = '\n';
+	if (write(fd, hex, sizeof hex) != (ssize_t)sizeof hex || fsync(fd) < 0) {
+		fprintf(stderr, "jarvas-admin: cannot write %s: %s\n",
+			config.secret_path, strerror(errno));
+		close(fd);
+		unlink(config.secret_path);
+		return -1;
+	}
+	sodium_memzero(hex, sizeof hex);
+	return close(fd);
+}
+
+static int cmd_init(void)
+{
+	char err[512];
+	struct db *d;
+	int rc;
+
+	if (make_secret() < 0)
+		return 1;
+	d = db_open(config.db_path, 1);
+	if (!d) {
+		fprintf(stderr, "jarvas-admin: cannot open %s\n", config.db_path);
+		return 1;
+	}
+	rc = db_migrate(d, err, sizeof err);
+	db_close(d);
+	chmod(config.db_path, 0600);
+	if (rc < 0) {
+		fprintf(stderr, "jarvas-admin: %s\n", err);
+		return 1;
+	}
+	return 0;
+}
+
+/* Read stdin: one line (password) or everything (context), capped. */
+static int read_stdin(struct buf *out, int one_line)
+{
+	char chunk[4096];
+	size_t n;
+
+	while ((n = fread(chunk, 1, sizeof chunk, stdin)) > 0)
+		if (buf_append(out, chunk, n) != BUF_OK)
+			return -1;
+	if (ferror(stdin))
+		return -1;
+	if (one_line) {
+		size_t len = strcspn(buf_str(out), "\r\n");
+		out->len = len;
+		if (out->data)
+			out->data[len] = '\0';
+	}
+	return 0;
+}
+
+static int cmd_password(const char *name, int create)
+{
+	char hash[PASSWORD_HASH_MAX], err[256];
+	struct buf pw;
+	struct db *d = NULL;
+	int rc = 1, changed;
+
+	buf_init(&pw, 4096);
+	if (read_stdin(&pw, 1) < 0 || pw.len == 0) {
+		fprintf(stderr, "jarvas-admin: give the password as one line (at most 4096 bytes) on stdin\n");
+		goto out;
+	}
+	if (create && !users_name_valid(name)) {
+		fprintf(stderr, "jarvas-admin: invalid username: use 1-150 letters, digits and @.+-_\n");
+		goto out;
+	}
+	if (password_hash(buf_str(&pw), hash) < 0) {
+		fprintf(stderr, "jarvas-admin: hashing failed\n");
+		goto out;
+	}
+	d = db_open(config.db_path, 0);
+	if (!d) {
+		fprintf(stderr, "jarvas-admin: cannot open %s (run jarvasctl start first)\n",
+			config.db_path);
+		goto out;
+	}
+	if (create) {
+		if (users_create(d, name, hash, err, sizeof err) < 0) {
+			fprintf(stderr, "jarvas-admin: %s\n", err);
+			goto out;
+		}
+	} else {
+		changed = users_set_password(d, name, hash);
+		if (changed <= 0) {
+			fprintf(stderr, "jarvas-admin: %s\n",
+				changed == 0 ? "no such user" : db_errmsg(d));
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	db_close(d);
+	if (pw.data)
+		sodium_memzero(pw.data, pw.len);
+	buf_free(&pw);
+	return rc;
+}
+
+static int cmd_update(const char *name, int delete)
+{
+	struct buf text;
+	struct db *d;
+	int changed;
+
+	buf_init(&text, 64 * 1024);
+	if (!delete && read_stdin(&text, 0) < 0) {
+		fprintf(stderr, "jarvas-admin: context too long (at most 64 KiB)\n");
+		buf_free(&text);
+		return 1;
+	}
+	d = db_open(config.db_path, 0);
+	if (!d) {
+		fprintf(stderr, "jarvas-admin: cannot open %s\n", config.db_path);
+		buf_free(&text);
+		return 1;
+	}
+	changed = delete ? users_delete(d, name) : users_set_context(d, name, buf_str(&text));
+	if (changed <= 0)
+		fprintf(stderr, "jarvas-admin: %s\n", changed == 0 ? "no such user" : db_errmsg(d));
+	db_close(d);
+	buf_free(&text);
+	return changed > 0 ? 0 : 1;
+}
+
+static int cmd_users(void)
+{
+	static const char sql[] =
+		"SELECT username, is_active, created_at FROM users ORDER BY username";
+	sqlite3_stmt *st;
+	struct db *d = db_open(config.db_path, 0);
+	int rc;
+
+	if (!d) {
+		fprintf(stderr, "jarvas-admin: cannot open %s\n", config.db_path);
+		return 1;
+	}
+	st = db_stmt(d, sql);
+	while (st && (rc = sqlite3_step(st)) == SQLITE_ROW)
+		printf("%s\t%d\t%s\n", sqlite3_column_text(st, 0),
+		       sqlite3_column_int(st, 1), sqlite3_column_text(st, 2));
+	rc = st && rc == SQLITE_DONE ? 0 : 1;
+	if (rc)
+		fprintf(stderr, "jarvas-admin: %s\n", db_errmsg(d));
+	db_close(d);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	char err[512];
+	int rc;
+
+	if (argc < 2)
+		return usage();
+	if (config_load("admin", 0, err, sizeof err) < 0) {
+		fprintf(stderr, "jarvas-admin: configuration: %s\n", err);
+		return 1;
+	}
+	if (password_init(1) < 0) {
+		fprintf(stderr, "jarvas-admin: libsodium initialisation failed\n");
+		return 1;
+	}
+	if (strcmp(argv[1], "init") == 0 && argc == 2)
+		rc = cmd_init();
+	else if (strcmp(argv[1], "adduser") == 0 && argc == 3)
+		rc = cmd_password(argv[2], 1);
+	else if (strcmp(argv[1], "passwd") == 0 && argc == 3)
+		rc = cmd_password(argv[2], 0);
+	else if (strcmp(argv[1], "deluser") == 0 && argc == 3)
+		rc = cmd_update(argv[2], 1);
+	else if (strcmp(argv[1], "context") == 0 && argc == 3)
+		rc = cmd_update(argv[2], 0);
+	else if (strcmp(argv[1], "users") == 0 && argc == 2)
+		rc = cmd_users();
+	else
+		rc = usage();
+	config_free();
+	return rc;
+}

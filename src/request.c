@@ -1,0 +1,365 @@
+/*
+ * request — FastCGI request parsing (see request.h): path normalisation,
+ * query strings, the capped body, JSON and form data.
+ *
+ * Parsing is written once here for every responder; the one rule it
+ * enforces for all of them is that what reaches a handler is valid UTF-8
+ * without NUL characters, so nothing stored can be mangled later.
+ */
+#include "request.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config.h"
+#include "log.h"
+#include "metrics.h"
+#include "response.h"
+
+void request_begin(struct request *r, FCGX_Request *fcgx, struct worker *w)
+{
+	const char *uri, *m;
+	size_t n;
+
+	memset(r, 0, sizeof *r);
+	r->fcgx = fcgx;
+	r->worker = w;
+	r->first_chunk_ms = -1;
+	r->endpoint = METRICS_EP_OTHER;
+	clock_gettime(CLOCK_MONOTONIC, &r->started);
+	buf_init(&r->body, config.body_max);
+
+	m = FCGX_GetParam("REQUEST_METHOD", fcgx->envp);
+	r->method = m ? m : "GET";
+	r->query = FCGX_GetParam("QUERY_STRING", fcgx->envp);
+	if (!r->query)
+		r->query = "";
+	uri = FCGX_GetParam("DOCUMENT_URI", fcgx->envp);
+	if (!uri)
+		uri = FCGX_GetParam("SCRIPT_NAME", fcgx->envp);
+	if (!uri)
+		uri = "/";
+	n = strlen(uri);
+	while (n > 1 && uri[n - 1] == '/')
+		n--;
+	r->path = strndup(uri, n);
+}
+
+double request_elapsed_ms(const struct request *r)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - r->started.tv_sec) * 1e3 +
+	       (double)(now.tv_nsec - r->started.tv_nsec) / 1e6;
+}
+
+void request_end(struct request *r)
+{
+	struct log_request_fields f = {
+		.method = r->method,
+		.path = r->path,
+		.status = r->status,
+		.user_id = r->user_id,
+		.duration_ms = request_elapsed_ms(r),
+		.first_chunk_ms = r->first_chunk_ms,
+		.bytes = r->bytes_out,
+		.note = r->note[0] ? r->note : NULL,
+	};
+
+	if (!r->headers_sent && !r->client_gone) {
+		/* A handler that forgot to answer is a bug; still answer. */
+		resp_detail(r, 500, "Internal server error.");
+		f.status = r->status;
+	}
+	log_request(&f);
+	metrics_count_request(r->endpoint, r->status);
+	free(r->path);
+	buf_free(&r->body);
+	cJSON_Delete(r->data);
+	r->path = NULL;
+	r->data = NULL;
+}
+
+const char *request_param(const struct request *r, const char *name)
+{
+	return FCGX_GetParam(name, r->fcgx->envp);
+}
+
+int utf8_valid(const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s, *end = p + n;
+
+	while (p < end) {
+		unsigned char c = *p;
+		size_t len, i;
+		unsigned cp;
+
+		if (c == 0)
+			return 0;
+		if (c < 0x80) {
+			p++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf) {
+			len = 2;
+			cp = c & 0x1f;
+		} else if (c >= 0xe0 && c <= 0xef) {
+			len = 3;
+			cp = c & 0x0f;
+		} else if (c >= 0xf0 && c <= 0xf4) {
+			len = 4;
+			cp = c & 0x07;
+		} else {
+			return 0;
+		}
+		if ((size_t)(end - p) < len)
+			return 0;
+		for (i = 1; i < len; i++) {
+			if ((p[i] & 0xc0) != 0x80)
+				return 0;
+			cp = (cp << 6) | (p[i] & 0x3f);
+		}
+		/* Overlong forms, surrogates and values past U+10FFFF. */
+		if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+		    (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+			return 0;
+		p += len;
+	}
+	return 1;
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+int url_decode(const char *s, size_t n, struct buf *out)
+{
+	size_t i;
+
+	buf_reset(out);
+	for (i = 0; i < n; i++) {
+		char c = s[i];
+
+		if (c == '+') {
+			c = ' ';
+		} else if (c == '%') {
+			int hi, lo;
+
+			if (i + 2 >= n)
+				return -1;
+			hi = hexval(s[i + 1]);
+			lo = hexval(s[i + 2]);
+			if (hi < 0 || lo < 0)
+				return -1;
+			c = (char)(hi * 16 + lo);
+			i += 2;
+		}
+		if (buf_putc(out, c) != BUF_OK)
+			return -1;
+	}
+	return utf8_valid(out->data ? out->data : "", out->len) ? 0 : -1;
+}
+
+int form_lookup(const char *qs, const char *name, struct buf *out)
+{
+	size_t namelen = strlen(name);
+	const char *p = qs;
+
+	while (p && *p) {
+		const char *amp = strchr(p, '&');
+		size_t len = amp ? (size_t)(amp - p) : strlen(p);
+		const char *eq = memchr(p, '=', len);
+		size_t keylen = eq ? (size_t)(eq - p) : len;
+
+		/* Keys are compared raw: our parameter names need no escaping. */
+		if (keylen == namelen && memcmp(p, name, namelen) == 0) {
+			if (!eq) {
+				buf_reset(out);
+				return 1;
+			}
+			return url_decode(eq + 1, len - keylen - 1, out) < 0 ? -1 : 1;
+		}
+		p = amp ? amp + 1 : NULL;
+	}
+	return 0;
+}
+
+int request_query(const struct request *r, const char *name, struct buf *out)
+{
+	return form_lookup(r->query, name, out);
+}
+
+/* Form body → JSON object of strings, so handlers see one shape.  A
+ * repeated key keeps its last value, as Django's QueryDict.get does. */
+static cJSON *form_to_json(const char *body, size_t n)
+{
+	cJSON *obj = cJSON_CreateObject();
+	struct buf key, val;
+	size_t i = 0;
+
+	buf_init(&key, n + 1);
+	buf_init(&val, n + 1);
+	if (!obj)
+		goto fail;
+	while (i < n) {
+		const char *p = body + i, *amp = memchr(p, '&', n - i);
+		size_t len = amp ? (size_t)(amp - p) : n - i;
+		const char *eq = memchr(p, '=', len);
+		size_t keylen = eq ? (size_t)(eq - p) : len;
+
+		if (len > 0) {
+			if (url_decode(p, keylen, &key) < 0)
+				goto fail;
+			if (url_decode(eq ? eq + 1 : "", eq ? len - keylen - 1 : 0, &val) < 0)
+				goto fail;
+			cJSON_DeleteItemFromObjectCaseSensitive(obj, buf_str(&key));
+			if (!cJSON_AddStringToObject(obj, buf_str(&key), buf_str(&val)))
+				goto fail;
+		}
+		i += len + 1;
+	}
+	buf_free(&key);
+	buf_free(&val);
+	return obj;
+fail:
+	buf_free(&key);
+	buf_free(&val);
+	cJSON_Delete(obj);
+	return NULL;
+}
+
+/* cJSON turns "\u0000" into a C string that ends early: a message would be
+ * silently cut.  Reject it instead (backslashes only occur in strings). */
+static int json_has_escaped_nul(const char *s, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < n; i++) {
+		if (s[i] != '\\')
+			continue;
+		if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0)
+			return 1;
+		i++; /* skip the escaped character */
+	}
+	return 0;
+}
+
+/* Which of two "message" keys is meant is a guess; refuse to guess.  Our
+ * bodies have a handful of fields, so more than 64 is refused as well,
+ * which keeps this pairwise check cheap. */
+static int json_has_duplicate_key(const cJSON *obj)
+{
+	const cJSON *a, *b;
+
+	if (cJSON_GetArraySize(obj) > 64)
+		return 1;
+	for (a = obj->child; a; a = a->next)
+		for (b = a->next; b; b = b->next)
+			if (a->string && b->string && strcmp(a->string, b->string) == 0)
+				return 1;
+	return 0;
+}
+
+static int starts_with_ci(const char *s, const char *prefix)
+{
+	return strncasecmp(s, prefix, strlen(prefix)) == 0;
+}
+
+int request_parse_body(struct request *r)
+{
+	const char *len_s = request_param(r, "CONTENT_LENGTH");
+	const char *type = request_param(r, "CONTENT_TYPE");
+	char chunk[16384];
+	int got;
+
+	if (len_s && *len_s && strtoull(len_s, NULL, 10) > config.body_max)
+		goto too_big;
+	while ((got = FCGX_GetStr(chunk, sizeof chunk, r->fcgx->in)) > 0) {
+		if (buf_append(&r->body, chunk, (size_t)got) != BUF_OK)
+			goto too_big;
+	}
+	if (!type)
+		type = "";
+
+	if (starts_with_ci(type, "application/x-www-form-urlencoded")) {
+		r->data = form_to_json(buf_str(&r->body), r->body.len);
+		if (!r->data) {
+			resp_detail(r, 400, "Form parse error - invalid encoding or not UTF-8.");
+			return -1;
+		}
+		return 0;
+	}
+	if (*type && !starts_with_ci(type, "application/json")) {
+		struct buf msg;
+
+		buf_init(&msg, 512);
+		buf_puts(&msg, "Unsupported media type \"");
+		/* The header is the client's; keep only a printable prefix. */
+		for (const char *t = type; *t && t - type < 100; t++)
+			buf_putc(&msg, (*t >= 0x20 && *t < 0x7f) ? *t : '?');
+		buf_puts(&msg, "\" in request.");
+		resp_detail(r, 415, buf_str(&msg));
+		buf_free(&msg);
+		return -1;
+	}
+	if (r->body.len == 0) {
+		r->data = cJSON_CreateObject(); /* DRF: an empty body is {} */
+		if (!r->data) {
+			resp_detail(r, 500, "Out of memory.");
+			return -1;
+		}
+		return 0;
+	}
+	if (!utf8_valid(r->body.data, r->body.len)) {
+		resp_detail(r, 400, "JSON parse error - body is not valid UTF-8 or contains NUL bytes.");
+		return -1;
+	}
+	if (json_has_escaped_nul(r->body.data, r->body.len)) {
+		resp_detail(r, 400, "JSON parse error - NUL characters (\\u0000) are not allowed.");
+		return -1;
+	}
+	r->data = cJSON_ParseWithLength(r->body.data, r->body.len);
+	if (!r->data) {
+		resp_detail(r, 400, "JSON parse error - malformed JSON.");
+		return -1;
+	}
+	if (!cJSON_IsObject(r->data)) {
+		resp_detail(r, 400, "Invalid data. Expected a dictionary.");
+		return -1;
+	}
+	if (json_has_duplicate_key(r->data)) {
+		resp_detail(r, 400, "JSON parse error - duplicate keys or more than 64 fields in object.");
+		return -1;
+	}
+	return 0;
+too_big: {
+	char msg[96];
+
+	snprintf(msg, sizeof msg, "Request body too large (limit %zu bytes).",
+		 config.body_max);
+	resp_detail(r, 413, msg);
+	return -1;
+}
+}
+
+int request_field(const struct request *r, const char *name, const char **out)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->data, name);
+
+	if (!v || cJSON_IsNull(v))
+		return 0;
+	if (!cJSON_IsString(v))
+		return -1;
+	*out = v->valuestring;
+	return 1;
+}

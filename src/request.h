@@ -1,0 +1,68 @@
+/*
+ * request — one FastCGI request as the handlers see it: method, path,
+ * query string, headers, the body (read with a size cap) and its JSON or
+ * form data, plus what was answered (for the log and metrics).
+ *
+ * Ownership: everything a request allocates hangs off struct request and is
+ * released by request_end(), in one place, when the request is finished.
+ */
+#ifndef JARVAS_REQUEST_H
+#define JARVAS_REQUEST_H
+
+#include <cjson/cJSON.h>
+#include <fcgiapp.h>
+#include <time.h>
+
+#include "buf.h"
+
+struct worker;
+
+struct request {
+	FCGX_Request *fcgx;
+	struct worker *worker;
+	const char *method;     /* "GET", ... never NULL */
+	char *path;             /* DOCUMENT_URI without its trailing slash */
+	const char *query;      /* raw QUERY_STRING, never NULL */
+	struct buf body;
+	cJSON *data;            /* parsed JSON body or form fields */
+	struct timespec started;
+
+	/* What we answered. */
+	int endpoint;           /* enum metrics_endpoint, set by the router */
+	int status;
+	int headers_sent;
+	int client_gone;        /* a write failed: nginx or the client left */
+	unsigned long long bytes_out;
+	long long user_id;
+	double first_chunk_ms;  /* < 0 until a stream's first chunk */
+	char note[256];         /* extra key=value for the log line */
+};
+
+void request_begin(struct request *r, FCGX_Request *fcgx, struct worker *w);
+void request_end(struct request *r); /* logs, counts and frees */
+
+/* A CGI parameter or header ("HTTP_AUTHORIZATION"); NULL if absent. */
+const char *request_param(const struct request *r, const char *name);
+
+/* Read the whole body (at most config.body_max) and parse it as JSON or,
+ * for application/x-www-form-urlencoded, as form fields, into r->data.
+ * On failure the error response has been sent: the handler just returns. */
+int request_parse_body(struct request *r);
+
+/* Look up a query-string parameter, percent-decoded into out.
+ * 1 found, 0 absent, -1 malformed encoding or not UTF-8. */
+int request_query(const struct request *r, const char *name, struct buf *out);
+
+/* Milliseconds since the request started. */
+double request_elapsed_ms(const struct request *r);
+
+/* A string field of r->data: 1 found (*out set), 0 missing or null,
+ * -1 present but not a string. */
+int request_field(const struct request *r, const char *name, const char **out);
+
+/* Helpers shared with the tests and fuzzers. */
+int url_decode(const char *s, size_t n, struct buf *out);
+int form_lookup(const char *qs, const char *name, struct buf *out);
+int utf8_valid(const char *s, size_t n);
+
+#endif

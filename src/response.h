@@ -1,0 +1,38 @@
+/*
+ * response — everything written back to nginx: status line and headers,
+ * JSON bodies, DRF-style error bodies, and the raw writes and flushes the
+ * SSE writer uses.  A failed write marks the client gone; later writes are
+ * skipped, so callers need not check every one.
+ */
+#ifndef JARVAS_RESPONSE_H
+#define JARVAS_RESPONSE_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+
+struct request;
+
+/* Send status + headers.  extra_headers: "Name: value\r\n..." or NULL. */
+int resp_headers(struct request *r, int status, const char *content_type,
+		 long content_length, const char *extra_headers);
+/* A complete JSON response from text. */
+int resp_json_text(struct request *r, int status, const char *json,
+		   const char *extra_headers);
+/* A complete JSON response; takes ownership of body. */
+int resp_json(struct request *r, int status, cJSON *body);
+/* {"detail": "..."} */
+int resp_detail(struct request *r, int status, const char *detail);
+/* {"detail": "...", "code": "..."} */
+int resp_detail_code(struct request *r, int status, const char *detail,
+		     const char *code);
+/* {"<field>": ["This field is required."]} style validation error. */
+int resp_field_error(struct request *r, const char *field, const char *message);
+int resp_not_found(struct request *r);
+int resp_method_not_allowed(struct request *r, const char *allow);
+int resp_no_content(struct request *r);
+
+/* Raw body writes for streams; -1 once the client is gone. */
+int resp_write(struct request *r, const char *p, size_t n);
+int resp_flush(struct request *r);
+
+#endif

@@ -1,0 +1,290 @@
+/*
+ * server — worker threads, pre-forked processes, routing and shutdown
+ * (see server.h).
+ *
+ * Shutdown: SIGTERM sets `stopping`; idle workers blocked in accept() are
+ * woken with SIGUSR1 (installed without SA_RESTART, so accept() fails with
+ * EINTR and libfcgi, seeing FCGX_ShutdownPending, returns -1).  Busy
+ * workers finish their request first: streams notice server_stopping()
+ * and end with an error event.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "db.h"
+#include "log.h"
+#include "metrics.h"
+#include "password.h"
+#include "response.h"
+#include "upstream.h"
+
+static volatile sig_atomic_t stopping;
+static const struct server_spec *spec; /* set before threads start */
+
+struct worker_slot {
+	pthread_t thread;
+	struct worker w;
+	int idle;   /* atomic: blocked (or about to block) in accept */
+	int exited; /* atomic */
+};
+
+int server_stopping(void)
+{
+	return stopping;
+}
+
+static void on_wake(int sig)
+{
+	(void)sig; /* only interrupts accept() */
+}
+
+static void dispatch(struct request *r)
+{
+	const struct route *rt = NULL;
+	handler_fn h = NULL;
+	char allow[64];
+	int i;
+
+	for (i = 0; i < spec->nroutes; i++)
+		if (strcmp(spec->routes[i].path, r->path) == 0) {
+			rt = &spec->routes[i];
+			break;
+		}
+	if (!rt) {
+		resp_not_found(r);
+		return;
+	}
+	r->endpoint = rt->endpoint;
+	if (strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0)
+		h = rt->get;
+	else if (strcmp(r->method, "POST") == 0)
+		h = rt->post;
+	else if (strcmp(r->method, "DELETE") == 0)
+		h = rt->delete_;
+	if (h) {
+		h(r);
+		return;
+	}
+	snprintf(allow, sizeof allow, "%s%s%s%sOPTIONS", rt->get ? "GET, HEAD, " : "",
+		 rt->post ? "POST, " : "", rt->delete_ ? "DELETE, " : "", "");
+	if (strcmp(r->method, "OPTIONS") == 0) {
+		char headers[96];
+
+		snprintf(headers, sizeof headers, "Allow: %s\r\n", allow);
+		resp_json_text(r, 200,
+			       "{\"renders\": [\"application/json\"], \"parses\": "
+			       "[\"application/json\", \"application/x-www-form-urlencoded\"]}",
+			       headers);
+		return;
+	}
+	resp_method_not_allowed(r, allow);
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker_slot *slot = arg;
+	struct worker *w = &slot->w;
+	struct request r;
+
+	if (FCGX_InitRequest(&w->fcgx, 0, 0) != 0) {
+		log_error("FCGX_InitRequest failed");
+		goto out;
+	}
+	for (;;) {
+		__atomic_store_n(&slot->idle, 1, __ATOMIC_SEQ_CST);
+		if (stopping)
+			break;
+		if (FCGX_Accept_r(&w->fcgx) < 0)
+			break;
+		__atomic_store_n(&slot->idle, 0, __ATOMIC_SEQ_CST);
+		request_begin(&r, &w->fcgx, w);
+		dispatch(&r);
+		request_end(&r);
+		FCGX_Finish_r(&w->fcgx);
+	}
+	FCGX_Free(&w->fcgx, 0);
+out:
+	upstream_free(w->upstream);
+	w->upstream = NULL;
+	__atomic_store_n(&slot->exited, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+/* Run the worker threads of one process until SIGTERM; 0 or -1. */
+static int run_workers(void)
+{
+	struct worker_slot *slots;
+	pthread_attr_t attr;
+	sigset_t set;
+	int i, started = 0, sig, rc = 0;
+
+	slots = calloc((size_t)config.workers, sizeof *slots);
+	if (!slots)
+		return -1;
+	/* Workers inherit this mask: only the main thread takes SIGTERM. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, config.stack_size);
+	for (i = 0; i < config.workers; i++) {
+		slots[i].w.id = i;
+		if (pthread_create(&slots[i].thread, &attr, worker_main, &slots[i]) != 0) {
+			log_error("cannot start worker %d: %s", i, strerror(errno));
+			rc = -1;
+			break;
+		}
+		started++;
+	}
+	pthread_attr_destroy(&attr);
+	log_info("ready: %d workers, pid %d", started, (int)getpid());
+
+	if (started > 0)
+		while (sigwait(&set, &sig) != 0)
+			;
+	stopping = 1;
+	FCGX_ShutdownPending();
+	log_info("stopping: waiting for requests in progress");
+	for (;;) {
+		int left = 0;
+		struct timespec tick = { 0, 50 * 1000 * 1000 };
+
+		for (i = 0; i < started; i++) {
+			if (__atomic_load_n(&slots[i].exited, __ATOMIC_SEQ_CST))
+				continue;
+			left++;
+			if (__atomic_load_n(&slots[i].idle, __ATOMIC_SEQ_CST))
+				pthread_kill(slots[i].thread, SIGUSR1);
+		}
+		if (!left)
+			break;
+		nanosleep(&tick, NULL);
+	}
+	for (i = 0; i < started; i++)
+		pthread_join(slots[i].thread, NULL);
+	free(slots);
+	return rc;
+}
+
+/* procs > 1: this process becomes a small supervisor of identical
+ * children sharing the listening socket on fd 0. */
+static int run_preforked(void)
+{
+	pid_t *kids = calloc((size_t)config.procs, sizeof *kids);
+	sigset_t set;
+	int i, status;
+
+	if (!kids)
+		return -1;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	for (;;) {
+		int sig;
+		pid_t pid;
+
+		for (i = 0; i < config.procs && !stopping; i++) {
+			if (kids[i] > 0)
+				continue;
+			pid = fork();
+			if (pid == 0) {
+				free(kids);
+				sigprocmask(SIG_UNBLOCK, &set, NULL);
+				if (metrics_open() < 0)
+					log_warn("metrics unavailable in this process");
+				exit(run_workers() == 0 ? 0 : 1);
+			}
+			if (pid < 0) {
+				log_error("fork: %s", strerror(errno));
+				break;
+			}
+			kids[i] = pid;
+		}
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		if (sig == SIGTERM || sig == SIGINT) {
+			stopping = 1;
+			for (i = 0; i < config.procs; i++)
+				if (kids[i] > 0)
+					kill(kids[i], SIGTERM);
+		}
+		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+			for (i = 0; i < config.procs; i++)
+				if (kids[i] == pid)
+					kids[i] = 0;
+			if (!stopping)
+				log_warn("child %d exited (status %d); restarting", (int)pid, status);
+		}
+		if (stopping) {
+			int left = 0;
+
+			for (i = 0; i < config.procs; i++)
+				left += kids[i] > 0;
+			if (!left)
+				break;
+		} else {
+			/* A child that dies at once should not spin the CPU. */
+			struct timespec pause = { 0, 100 * 1000 * 1000 };
+			nanosleep(&pause, NULL);
+		}
+	}
+	free(kids);
+	return 0;
+}
+
+int server_main(const struct server_spec *s)
+{
+	struct sigaction sa;
+	char err[512];
+	int rc;
+
+	spec = s;
+	signal(SIGPIPE, SIG_IGN); /* a client gone is a failed write, not a death */
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_wake; /* no SA_RESTART: accept() must fail with EINTR */
+	sigaction(SIGUSR1, &sa, NULL);
+
+	if (config_load(s->name, 1, err, sizeof err) < 0) {
+		fprintf(stderr, "%s: configuration: %s\n", s->name, err);
+		return 1;
+	}
+	if (FCGX_Init() != 0) {
+		log_error("FCGX_Init failed");
+		return 1;
+	}
+	if (db_pool_init(config.db_path, config.db_pool) < 0 ||
+	    upstream_global_init() < 0) {
+		log_error("out of memory at startup");
+		return 1;
+	}
+	if (s->uses_passwords && password_init(config.hash_concurrency) < 0) {
+		log_error("libsodium initialisation failed");
+		return 1;
+	}
+	if (config.procs > 1) {
+		rc = run_preforked();
+	} else {
+		if (metrics_open() < 0)
+			log_warn("metrics unavailable in this process");
+		rc = run_workers();
+	}
+	metrics_close();
+	db_pool_free();
+	upstream_global_cleanup();
+	config_free();
+	return rc == 0 ? 0 : 1;
+}

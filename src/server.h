@@ -1,0 +1,46 @@
+/*
+ * server — the runtime every responder shares: configuration, the
+ * database pool, metrics, a pool of worker threads each looping on
+ * FCGX_Accept_r, optional pre-forked processes, routing by path and
+ * method, and graceful shutdown on SIGTERM.
+ *
+ * A responder's main() only declares its routes and calls server_main().
+ * Per-thread state (the FastCGI request, the upstream handle) lives in
+ * struct worker and is passed explicitly; nothing is shared by accident.
+ */
+#ifndef JARVAS_SERVER_H
+#define JARVAS_SERVER_H
+
+#include <fcgiapp.h>
+
+#include "request.h"
+
+struct upstream;
+
+struct worker {
+	int id;
+	FCGX_Request fcgx;
+	struct upstream *upstream; /* lazily created, freed at thread exit */
+};
+
+typedef void (*handler_fn)(struct request *r);
+
+struct route {
+	const char *path;        /* without trailing slash */
+	int endpoint;            /* enum metrics_endpoint */
+	handler_fn get, post, delete_;
+};
+
+struct server_spec {
+	const char *name;        /* "token", "chat", "chat_stream" */
+	const struct route *routes;
+	int nroutes;
+	int uses_passwords;      /* initialise the password-hash limiter */
+};
+
+int server_main(const struct server_spec *spec);
+
+/* Set once SIGTERM arrived: long-running handlers end early. */
+int server_stopping(void);
+
+#endif

@@ -1,0 +1,178 @@
+/*
+ * tokens — login and token endpoints, SimpleJWT-compatible (see tokens.h).
+ *
+ * The slow password check runs without a database connection held, and
+ * an unknown username costs the same hash as a wrong password.
+ */
+#include "tokens.h"
+
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "db.h"
+#include "jwt.h"
+#include "log.h"
+#include "password.h"
+#include "response.h"
+#include "users.h"
+
+static const char invalid_token[] = "Token is invalid or expired";
+
+/* Collect DRF-style errors for required string fields.  Returns 0 when all
+ * are present, else answers 400 with every field's error and returns -1. */
+static int require_fields(struct request *r, const char *const *names,
+			  const char **values, int n)
+{
+	cJSON *errors = cJSON_CreateObject();
+	int i, bad = 0;
+
+	if (!errors) {
+		resp_json(r, 500, NULL);
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		const char *msg = NULL;
+		int rc = request_field(r, names[i], &values[i]);
+
+		if (rc == 0)
+			msg = "This field is required.";
+		else if (rc < 0)
+			msg = "Not a valid string.";
+		else if (values[i][0] == '\0')
+			msg = "This field may not be blank.";
+		if (msg) {
+			cJSON *list = cJSON_AddArrayToObject(errors, names[i]);
+			cJSON *item = cJSON_CreateString(msg);
+
+			if (!list || !item) {
+				cJSON_Delete(item);
+				cJSON_Delete(errors);
+				resp_json(r, 500, NULL);
+				return -1;
+			}
+			cJSON_AddItemToArray(list, item);
+			bad = 1;
+		}
+	}
+	if (bad) {
+		resp_json(r, 400, errors);
+		return -1;
+	}
+	cJSON_Delete(errors);
+	return 0;
+}
+
+/* Answer {"refresh": ..., "access": ...} or just {"access": ...}. */
+static void send_tokens(struct request *r, long long user_id, int with_refresh)
+{
+	struct buf access, refresh;
+	cJSON *o = cJSON_CreateObject();
+	time_t now = time(NULL);
+
+	buf_init(&access, JWT_MAX_LEN);
+	buf_init(&refresh, JWT_MAX_LEN);
+	if (!o ||
+	    jwt_sign(&access, JWT_ACCESS, user_id, now, config.access_lifetime,
+		     config.secret, config.secret_len) < 0 ||
+	    (with_refresh &&
+	     jwt_sign(&refresh, JWT_REFRESH, user_id, now, config.refresh_lifetime,
+		      config.secret, config.secret_len) < 0) ||
+	    (with_refresh && !cJSON_AddStringToObject(o, "refresh", buf_str(&refresh))) ||
+	    !cJSON_AddStringToObject(o, "access", buf_str(&access))) {
+		cJSON_Delete(o);
+		o = NULL;
+	}
+	resp_json(r, o ? 200 : 500, o);
+	buf_free(&access);
+	buf_free(&refresh);
+}
+
+void tokens_obtain(struct request *r)
+{
+	static const char *const names[] = { "username", "password" };
+	const char *values[2] = { NULL, NULL };
+	struct user u;
+	struct db *d;
+	int found;
+
+	if (request_parse_body(r) < 0 || require_fields(r, names, values, 2) < 0)
+		return;
+	d = db_acquire();
+	if (!d) {
+		resp_detail(r, 503, "Database unavailable.");
+		return;
+	}
+	found = strlen(values[0]) <= USERNAME_MAX ? users_by_name(d, values[0], &u) : 0;
+	db_release(d);
+	if (found < 0) {
+		resp_detail(r, 503, "Database unavailable.");
+		return;
+	}
+	/* Hash even for an unknown user, so timing does not tell. */
+	if (!password_check(found ? u.password_hash : NULL, values[1]) || !found ||
+	    !u.active) {
+		if (found)
+			users_clear(&u);
+		snprintf(r->note, sizeof r->note, "login=failed");
+		resp_detail(r, 401, "No active account found with the given credentials");
+		return;
+	}
+	r->user_id = u.id;
+	send_tokens(r, u.id, 1);
+	users_clear(&u);
+}
+
+void tokens_refresh(struct request *r)
+{
+	static const char *const names[] = { "refresh" };
+	const char *value = NULL;
+	struct jwt_claims claims;
+	struct user u;
+	struct db *d;
+	int found;
+
+	if (request_parse_body(r) < 0 || require_fields(r, names, &value, 1) < 0)
+		return;
+	if (jwt_verify(value, config.secret, config.secret_len, time(NULL), &claims) < 0 ||
+	    claims.type != JWT_REFRESH) {
+		resp_detail_code(r, 401, invalid_token, "token_not_valid");
+		return;
+	}
+	d = db_acquire();
+	if (!d) {
+		resp_detail(r, 503, "Database unavailable.");
+		return;
+	}
+	found = users_by_id(d, claims.user_id, &u);
+	db_release(d);
+	if (found < 0) {
+		resp_detail(r, 503, "Database unavailable.");
+		return;
+	}
+	if (!found || !u.active) {
+		if (found)
+			users_clear(&u);
+		resp_detail_code(r, 401, "No active account found for the given token.",
+				 "no_active_account");
+		return;
+	}
+	users_clear(&u);
+	r->user_id = claims.user_id;
+	send_tokens(r, claims.user_id, 0);
+}
+
+void tokens_verify(struct request *r)
+{
+	static const char *const names[] = { "token" };
+	const char *value = NULL;
+	struct jwt_claims claims;
+
+	if (request_parse_body(r) < 0 || require_fields(r, names, &value, 1) < 0)
+		return;
+	if (jwt_verify(value, config.secret, config.secret_len, time(NULL), &claims) < 0) {
+		resp_detail_code(r, 401, invalid_token, "token_not_valid");
+		return;
+	}
+	resp_json_text(r, 200, "{}", NULL);
+}

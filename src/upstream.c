@@ -1,0 +1,408 @@
+/*
+ * upstream — libcurl client for Ollama's streaming chat (see upstream.h).
+ *
+ * The hot path: curl's write callback → ndjson_feed() → parse_line() →
+ * call->on_content().  The progress callback (curl calls it at least once
+ * a second, also while nothing arrives) enforces the idle timeout and
+ * lets the caller notice a client that went away.
+ */
+#include "upstream.h"
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "buf.h"
+#include "config.h"
+#include "log.h"
+#include "ndjson.h"
+#include "server.h"
+
+#define LINE_MAX_BYTES (4u << 20)   /* one NDJSON line */
+#define ERROR_BODY_MAX (64u << 10)  /* body of a non-2xx answer we keep */
+
+struct upstream {
+	CURL *curl;
+	struct curl_slist *headers;
+	char *chat_url;
+	struct ndjson nd;
+	struct buf error_body;
+	struct buf request_body;
+};
+
+/* State of one call, reachable from curl's callbacks. */
+struct call_state {
+	struct upstream *u;
+	const struct upstream_call *call;
+	struct upstream_result *res;
+	long http_status;  /* 0 until the first body byte */
+	int done;          /* saw "done": true */
+	int failed;        /* res->kind/error are set */
+	int stopped;       /* a callback asked to stop */
+	double started, last_data;
+	char curl_error[CURL_ERROR_SIZE];
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int upstream_global_init(void)
+{
+	return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
+}
+
+void upstream_global_cleanup(void)
+{
+	curl_global_cleanup();
+}
+
+void upstream_free(struct upstream *u)
+{
+	if (!u)
+		return;
+	curl_easy_cleanup(u->curl);
+	curl_slist_free_all(u->headers);
+	free(u->chat_url);
+	ndjson_free(&u->nd);
+	buf_free(&u->error_body);
+	buf_free(&u->request_body);
+	free(u);
+}
+
+static struct upstream *upstream_new(void)
+{
+	struct upstream *u = calloc(1, sizeof *u);
+	struct buf url;
+
+	if (!u)
+		return NULL;
+	ndjson_init(&u->nd, LINE_MAX_BYTES);
+	buf_init(&u->error_body, ERROR_BODY_MAX);
+	buf_init(&u->request_body, 64u << 20);
+	buf_init(&url, 8192);
+	if (buf_printf(&url, "%s/api/chat", config.upstream_url) != BUF_OK) {
+		buf_free(&url);
+		goto fail;
+	}
+	u->chat_url = buf_steal(&url);
+	u->curl = curl_easy_init();
+	/* Expect: 100-continue would cost a round trip on larger bodies. */
+	u->headers = curl_slist_append(NULL, "Content-Type: application/json");
+	if (u->headers)
+		u->headers = curl_slist_append(u->headers, "Expect:");
+	if (!u->curl || !u->headers || !u->chat_url)
+		goto fail;
+	return u;
+fail:
+	upstream_free(u);
+	return NULL;
+}
+
+static void fail_with(struct call_state *s, enum metrics_upstream_error kind,
+		      const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void fail_with(struct call_state *s, enum metrics_upstream_error kind,
+		      const char *fmt, ...)
+{
+	va_list ap;
+
+	if (s->failed)
+		return; /* the first reason is the real one */
+	s->failed = 1;
+	s->res->kind = kind;
+	va_start(ap, fmt);
+	vsnprintf(s->res->error, sizeof s->res->error, fmt, ap);
+	va_end(ap);
+}
+
+static long long counter(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+
+	return cJSON_IsNumber(v) ? (long long)v->valuedouble : -1;
+}
+
+static void keep_counters(struct upstream_result *res, const cJSON *o)
+{
+	const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "done_reason");
+
+	res->eval_count = counter(o, "eval_count");
+	res->prompt_eval_count = counter(o, "prompt_eval_count");
+	res->total_duration = counter(o, "total_duration");
+	res->load_duration = counter(o, "load_duration");
+	res->prompt_eval_duration = counter(o, "prompt_eval_duration");
+	res->eval_duration = counter(o, "eval_duration");
+	if (cJSON_IsString(reason))
+		snprintf(res->done_reason, sizeof res->done_reason, "%s", reason->valuestring);
+}
+
+/* One NDJSON line of a 2xx answer. */
+static int parse_line(void *ctx, const char *line, size_t n)
+{
+	struct call_state *s = ctx;
+	const cJSON *msg, *content, *err, *done;
+	cJSON *o;
+	int rc = 0;
+
+	if (s->done) {
+		fail_with(s, METRICS_UE_MALFORMED, "The language model sent data after its last message.");
+		return -1;
+	}
+	o = cJSON_ParseWithLength(line, n);
+	if (!cJSON_IsObject(o)) {
+		cJSON_Delete(o);
+		fail_with(s, METRICS_UE_MALFORMED, "The language model sent a malformed response line.");
+		return -1;
+	}
+	err = cJSON_GetObjectItemCaseSensitive(o, "error");
+	if (err) {
+		fail_with(s, METRICS_UE_ERROR_LINE, "%s",
+			  cJSON_IsString(err) ? err->valuestring
+					      : "The language model reported an error.");
+		rc = -1;
+		goto out;
+	}
+	msg = cJSON_GetObjectItemCaseSensitive(o, "message");
+	content = cJSON_GetObjectItemCaseSensitive(msg, "content");
+	done = cJSON_GetObjectItemCaseSensitive(o, "done");
+	if ((content && !cJSON_IsString(content)) || (done && !cJSON_IsBool(done)) ||
+	    (!content && !cJSON_IsTrue(done))) {
+		fail_with(s, METRICS_UE_MALFORMED, "The language model sent a malformed response line.");
+		rc = -1;
+		goto out;
+	}
+	if (content && content->valuestring[0] &&
+	    s->call->on_content(s->call->ctx, content->valuestring,
+				strlen(content->valuestring)) < 0) {
+		s->stopped = 1;
+		rc = -1;
+		goto out;
+	}
+	if (cJSON_IsTrue(done)) {
+		s->done = 1;
+		keep_counters(s->res, o);
+	}
+out:
+	cJSON_Delete(o);
+	return rc;
+}
+
+static size_t on_write(char *p, size_t size, size_t nmemb, void *ctx)
+{
+	struct call_state *s = ctx;
+	size_t n = size * nmemb;
+	int rc;
+
+	s->last_data = now_s();
+	if (!s->http_status)
+		curl_easy_getinfo(s->u->curl, CURLINFO_RESPONSE_CODE, &s->http_status);
+	if (s->http_status < 200 || s->http_status > 299) {
+		/* Keep what fits of an error body; its reason goes to the user. */
+		size_t room = s->u->error_body.max - s->u->error_body.len;
+		buf_append(&s->u->error_body, p, n < room ? n : room);
+		return n;
+	}
+	rc = ndjson_feed(&s->u->nd, p, n, parse_line, s);
+	if (rc == -2)
+		fail_with(s, METRICS_UE_MALFORMED, "The language model sent a line longer than %u bytes.",
+			  LINE_MAX_BYTES);
+	return rc == 0 ? n : 0;
+}
+
+static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow,
+		       curl_off_t ultotal, curl_off_t ulnow)
+{
+	struct call_state *s = ctx;
+	const struct upstream_call *c = s->call;
+	double t = now_s();
+
+	(void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+	if (c->on_tick && c->on_tick(c->ctx) < 0) {
+		s->stopped = 1;
+		return 1;
+	}
+	if (t - s->last_data > c->idle_timeout) {
+		fail_with(s, METRICS_UE_TIMEOUT, "The language model sent nothing for %d seconds.",
+			  c->idle_timeout);
+		return 1;
+	}
+	if (c->total_timeout && t - s->started > c->total_timeout) {
+		fail_with(s, METRICS_UE_TIMEOUT, "The language model did not finish within %d seconds.",
+			  c->total_timeout);
+		return 1;
+	}
+	return 0;
+}
+
+static int build_body(struct buf *out, const struct upstream_call *call)
+{
+	cJSON *root = cJSON_CreateObject(), *msgs, *m;
+	char *text = NULL;
+	int i, rc = -1;
+
+	if (!root || !cJSON_AddStringToObject(root, "model", config.model) ||
+	    !(msgs = cJSON_AddArrayToObject(root, "messages")))
+		goto out;
+	for (i = 0; i < call->nmessages; i++) {
+		m = cJSON_CreateObject();
+		if (!m)
+			goto out;
+		cJSON_AddItemToArray(msgs, m);
+		if (!cJSON_AddStringToObject(m, "role", call->messages[i].role) ||
+		    !cJSON_AddStringToObject(m, "content", call->messages[i].content))
+			goto out;
+	}
+	if (!cJSON_AddTrueToObject(root, "stream"))
+		goto out;
+	text = cJSON_PrintUnformatted(root);
+	if (!text)
+		goto out;
+	buf_reset(out);
+	rc = buf_puts(out, text) == BUF_OK ? 0 : -1;
+out:
+	cJSON_free(text);
+	cJSON_Delete(root);
+	return rc;
+}
+
+/* The reason in a non-2xx answer: Ollama's {"error": "..."} if present. */
+static void fail_http(struct call_state *s)
+{
+	cJSON *o = cJSON_ParseWithLength(s->u->error_body.data ? s->u->error_body.data : "",
+					 s->u->error_body.len);
+	const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
+
+	if (cJSON_IsString(err))
+		fail_with(s, METRICS_UE_HTTP, "%s", err->valuestring);
+	else
+		fail_with(s, METRICS_UE_HTTP, "The language model answered HTTP %ld.",
+			  s->http_status);
+	cJSON_Delete(o);
+}
+
+int upstream_chat(struct worker *w, const struct upstream_call *call,
+		  struct upstream_result *res)
+{
+	struct call_state s;
+	struct upstream *u;
+	CURLcode cc;
+
+	memset(res, 0, sizeof *res);
+	res->eval_count = res->prompt_eval_count = res->total_duration = -1;
+	res->load_duration = res->prompt_eval_duration = res->eval_duration = -1;
+	memset(&s, 0, sizeof s);
+	s.call = call;
+	s.res = res;
+
+	if (!w->upstream)
+		w->upstream = upstream_new();
+	u = w->upstream;
+	if (!u || build_body(&u->request_body, call) < 0) {
+		res->outcome = UPSTREAM_FAILED;
+		res->kind = METRICS_UE_OTHER;
+		snprintf(res->error, sizeof res->error, "Out of memory.");
+		return -1;
+	}
+	s.u = u;
+	ndjson_reset(&u->nd);
+	buf_reset(&u->error_body);
+	s.started = s.last_data = now_s();
+
+	curl_easy_reset(u->curl); /* keeps the connection cache */
+	curl_easy_setopt(u->curl, CURLOPT_URL, u->chat_url);
+	curl_easy_setopt(u->curl, CURLOPT_HTTPHEADER, u->headers);
+	curl_easy_setopt(u->curl, CURLOPT_POSTFIELDS, u->request_body.data);
+	curl_easy_setopt(u->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)u->request_body.len);
+	curl_easy_setopt(u->curl, CURLOPT_WRITEFUNCTION, on_write);
+	curl_easy_setopt(u->curl, CURLOPT_WRITEDATA, &s);
+	curl_easy_setopt(u->curl, CURLOPT_XFERINFOFUNCTION, on_progress);
+	curl_easy_setopt(u->curl, CURLOPT_XFERINFODATA, &s);
+	curl_easy_setopt(u->curl, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(u->curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(u->curl, CURLOPT_CONNECTTIMEOUT, (long)config.upstream_connect_timeout);
+	curl_easy_setopt(u->curl, CURLOPT_ERRORBUFFER, s.curl_error);
+	curl_easy_setopt(u->curl, CURLOPT_TCP_KEEPALIVE, 1L);
+
+	cc = curl_easy_perform(u->curl);
+	res->http_status = s.http_status;
+	if (!s.http_status)
+		curl_easy_getinfo(u->curl, CURLINFO_RESPONSE_CODE, &res->http_status);
+
+	if (s.stopped) {
+		res->outcome = UPSTREAM_STOPPED;
+		return -1;
+	}
+	if (!s.failed && res->http_status && (res->http_status < 200 || res->http_status > 299)) {
+		s.http_status = res->http_status;
+		fail_http(&s);
+	}
+	if (!s.failed && cc != CURLE_OK) {
+		if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST ||
+		    cc == CURLE_OPERATION_TIMEDOUT)
+			fail_with(&s, METRICS_UE_CONNECT,
+				  "Could not reach the language model at %s: %s",
+				  config.upstream_url, s.curl_error[0] ? s.curl_error : curl_easy_strerror(cc));
+		else
+			fail_with(&s, METRICS_UE_CUT,
+				  "The connection to the language model broke: %s",
+				  s.curl_error[0] ? s.curl_error : curl_easy_strerror(cc));
+	}
+	if (!s.failed && ndjson_pending(&u->nd) > 0)
+		ndjson_feed(&u->nd, "\n", 1, parse_line, &s); /* last line lacked \n */
+	if (!s.failed && !s.done)
+		fail_with(&s, METRICS_UE_CUT, "The language model's answer ended before it was finished.");
+	if (s.failed) {
+		res->outcome = UPSTREAM_FAILED;
+		metrics_upstream_error(res->kind);
+		return -1;
+	}
+	res->outcome = UPSTREAM_DONE;
+	return 0;
+}
+
+static size_t discard(char *p, size_t size, size_t nmemb, void *ctx)
+{
+	(void)p, (void)ctx;
+	return size * nmemb;
+}
+
+int upstream_health(int timeout_ms, char *err, size_t errlen)
+{
+	char url[4096], curl_error[CURL_ERROR_SIZE] = "";
+	CURL *c;
+	CURLcode cc;
+	long status = 0;
+	int n;
+
+	n = snprintf(url, sizeof url, "%s/api/tags", config.upstream_url);
+	if (n < 0 || (size_t)n >= sizeof url || !(c = curl_easy_init())) {
+		snprintf(err, errlen, "cannot build the health request");
+		return -1;
+	}
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, curl_error);
+	cc = curl_easy_perform(c);
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_cleanup(c);
+	if (cc != CURLE_OK) {
+		snprintf(err, errlen, "%s", curl_error[0] ? curl_error : curl_easy_strerror(cc));
+		return -1;
+	}
+	if (status != 200) {
+		snprintf(err, errlen, "GET /api/tags answered HTTP %ld", status);
+		return -1;
+	}
+	return 0;
+}
