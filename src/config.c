@@ -166,9 +166,6 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 			  &n, err, errlen) < 0)
 		return -1;
 	config.workers = (int)n;
-	if (responder_int("JARVAS_PROCS_", responder, 1, 256, &n, err, errlen) < 0)
-		return -1;
-	config.procs = (int)n;
 
 	secret_env = getenv("JARVAS_SECRET_KEY");
 	if (secret_env && *secret_env) {

@@ -25,7 +25,6 @@ struct config {
 	long access_lifetime;    /* seconds */
 	long refresh_lifetime;
 	int workers;             /* threads per process */
-	int procs;               /* processes per responder */
 	int db_pool;             /* SQLite connections per process */
 	size_t stack_size;       /* worker thread stack, bytes */
 	size_t body_max;         /* request body cap (413 past it) */

@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -178,74 +177,6 @@ static int run_workers(void)
 	return rc;
 }
 
-/* procs > 1: this process becomes a small supervisor of identical
- * children sharing the listening socket on fd 0. */
-static int run_preforked(void)
-{
-	pid_t *kids = calloc((size_t)config.procs, sizeof *kids);
-	sigset_t set;
-	int i, status;
-
-	if (!kids)
-		return -1;
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGCHLD);
-	sigprocmask(SIG_BLOCK, &set, NULL);
-	for (;;) {
-		int sig;
-		pid_t pid;
-
-		for (i = 0; i < config.procs && !stopping; i++) {
-			if (kids[i] > 0)
-				continue;
-			pid = fork();
-			if (pid == 0) {
-				free(kids);
-				sigprocmask(SIG_UNBLOCK, &set, NULL);
-				if (metrics_open() < 0)
-					log_warn("metrics unavailable in this process");
-				exit(run_workers() == 0 ? 0 : 1);
-			}
-			if (pid < 0) {
-				log_error("fork: %s", strerror(errno));
-				break;
-			}
-			kids[i] = pid;
-		}
-		if (sigwait(&set, &sig) != 0)
-			continue;
-		if (sig == SIGTERM || sig == SIGINT) {
-			stopping = 1;
-			for (i = 0; i < config.procs; i++)
-				if (kids[i] > 0)
-					kill(kids[i], SIGTERM);
-		}
-		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-			for (i = 0; i < config.procs; i++)
-				if (kids[i] == pid)
-					kids[i] = 0;
-			if (!stopping)
-				log_warn("child %d exited (status %d); restarting", (int)pid, status);
-		}
-		if (stopping) {
-			int left = 0;
-
-			for (i = 0; i < config.procs; i++)
-				left += kids[i] > 0;
-			if (!left)
-				break;
-		} else {
-			/* A child that dies at once should not spin the CPU. */
-			struct timespec pause = { 0, 100 * 1000 * 1000 };
-			nanosleep(&pause, NULL);
-		}
-	}
-	free(kids);
-	return 0;
-}
-
 int server_main(const struct server_spec *s)
 {
 	struct sigaction sa;
@@ -275,13 +206,9 @@ int server_main(const struct server_spec *s)
 		log_error("libsodium initialisation failed");
 		return 1;
 	}
-	if (config.procs > 1) {
-		rc = run_preforked();
-	} else {
-		if (metrics_open() < 0)
-			log_warn("metrics unavailable in this process");
-		rc = run_workers();
-	}
+	if (metrics_open() < 0)
+		log_warn("metrics unavailable in this process");
+	rc = run_workers();
 	metrics_close();
 	db_pool_free();
 	upstream_global_cleanup();

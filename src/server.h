@@ -1,8 +1,9 @@
 /*
  * server — the runtime every responder shares: configuration, the
  * database pool, metrics, a pool of worker threads each looping on
- * FCGX_Accept_r, optional pre-forked processes, routing by path and
- * method, and graceful shutdown on SIGTERM.
+ * FCGX_Accept_r, routing by path and method, and graceful shutdown on
+ * SIGTERM.  Several processes of one responder are several instances
+ * started by spawn/jarvasctl, each with its own socket.
  *
  * A responder's main() only declares its routes and calls server_main().
  * Per-thread state (the FastCGI request, the upstream handle) lives in

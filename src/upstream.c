@@ -353,7 +353,7 @@ int upstream_chat(struct worker *w, const struct upstream_call *call,
 				  config.upstream_url, s.curl_error[0] ? s.curl_error : curl_easy_strerror(cc));
 		else
 			fail_with(&s, METRICS_UE_CUT,
-				  "The connection to the language model broke: %s",
+				  "The connection to the language model broke before the answer was finished (%s).",
 				  s.curl_error[0] ? s.curl_error : curl_easy_strerror(cc));
 	}
 	if (!s.failed && ndjson_pending(&u->nd) > 0)

@@ -1,0 +1,235 @@
+/*
+ * exchange — the shared chat pipeline (see exchange.h).
+ */
+#include "exchange.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "config.h"
+#include "db.h"
+#include "log.h"
+#include "response.h"
+#include "server.h"
+
+static void exchange_zero(struct exchange *ex, struct request *r)
+{
+	memset(ex, 0, sizeof *ex);
+	ex->r = r;
+	buf_init(&ex->message, config.message_max);
+	buf_init(&ex->reply, 64u << 20);
+	prompt_init(&ex->prompt);
+}
+
+static int is_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* Copy the message, trimmed as DRF's CharField trims it, and check it. */
+static int take_message(struct exchange *ex, const char *text, size_t n)
+{
+	while (n > 0 && is_space(*text))
+		text++, n--;
+	while (n > 0 && is_space(text[n - 1]))
+		n--;
+	if (n == 0)
+		return resp_field_error(ex->r, "message", "This field may not be blank."), -1;
+	if (n > config.message_max) {
+		char msg[96];
+
+		snprintf(msg, sizeof msg, "Ensure this field has no more than %zu bytes.",
+			 config.message_max);
+		return resp_field_error(ex->r, "message", msg), -1;
+	}
+	if (buf_append(&ex->message, text, n) != BUF_OK)
+		return resp_json(ex->r, 500, NULL), -1;
+	return 0;
+}
+
+static int take_conversation(struct exchange *ex, const char *id)
+{
+	if (!id)
+		id = "default";
+	if (!history_conversation_valid(id))
+		return resp_field_error(ex->r, "conversation_id",
+					"Use 1-64 characters of A-Z, a-z, 0-9, _ and -."),
+		       -1;
+	memcpy(ex->conversation, id, strlen(id) + 1);
+	return 0;
+}
+
+static int read_input_query(struct exchange *ex)
+{
+	struct buf v;
+	int rc, found;
+
+	buf_init(&v, config.message_max * 3 + 1024);
+	found = request_query(ex->r, "message", &v);
+	if (found < 0) {
+		/* Either bad %-encoding / not UTF-8, or over the cap. */
+		rc = v.len >= v.max ? resp_field_error(ex->r, "message", "Message too long.")
+				    : resp_detail(ex->r, 400, "Malformed query string: bad percent-encoding or not UTF-8.");
+		goto fail;
+	}
+	if (!found) {
+		resp_field_error(ex->r, "message", "This field is required.");
+		goto fail;
+	}
+	if (take_message(ex, buf_str(&v), v.len) < 0)
+		goto fail;
+	found = request_query(ex->r, "conversation_id", &v);
+	if (found < 0) {
+		resp_detail(ex->r, 400, "Malformed query string: bad percent-encoding or not UTF-8.");
+		goto fail;
+	}
+	rc = take_conversation(ex, found ? buf_str(&v) : NULL);
+	buf_free(&v);
+	return rc;
+fail:
+	buf_free(&v);
+	return -1;
+}
+
+static int read_input_body(struct exchange *ex)
+{
+	const char *message = NULL, *conversation = NULL;
+	int rc;
+
+	if (request_parse_body(ex->r) < 0)
+		return -1;
+	rc = request_field(ex->r, "message", &message);
+	if (rc <= 0)
+		return resp_field_error(ex->r, "message", rc == 0 ? "This field is required."
+								  : "Not a valid string."),
+		       -1;
+	if (take_message(ex, message, strlen(message)) < 0)
+		return -1;
+	rc = request_field(ex->r, "conversation_id", &conversation);
+	if (rc < 0)
+		return resp_field_error(ex->r, "conversation_id", "Not a valid string."), -1;
+	return take_conversation(ex, rc ? conversation : NULL);
+}
+
+/* Reads, then one short write transaction: reserve the ids and record
+ * the prompt-cache hit (or the newly built prompt). */
+static int load_context(struct exchange *ex)
+{
+	struct db *d = db_acquire();
+
+	if (!d)
+		return -1;
+	if (history_last(d, ex->user.id, ex->conversation, config.history_limit,
+			 &ex->history) < 0 ||
+	    prompt_get(d, &ex->user, &ex->prompt) < 0)
+		goto fail;
+	if (db_begin(d) < 0 ||
+	    history_reserve_ids(d, &ex->user_msg_id, &ex->message_id) < 0 ||
+	    prompt_record(d, &ex->prompt) < 0 || db_commit(d) < 0)
+		goto fail;
+	db_release(d);
+	return 0;
+fail:
+	log_error("loading context for user %lld failed: %s", ex->user.id, db_errmsg(d));
+	db_release(d); /* rolls back an open transaction */
+	return -1;
+}
+
+int exchange_begin(struct exchange *ex, struct request *r, int from_query)
+{
+	exchange_zero(ex, r);
+	if (auth_require(r, from_query, &ex->user) < 0)
+		return -1;
+	ex->have_user = 1;
+	if ((from_query ? read_input_query(ex) : read_input_body(ex)) < 0)
+		return -1;
+	if (load_context(ex) < 0) {
+		resp_detail(r, 503, "Database unavailable, please retry.");
+		return -1;
+	}
+	return 0;
+}
+
+static int collect(void *ctx, const char *text, size_t n)
+{
+	struct exchange *ex = ctx;
+
+	if (ex->on_content && ex->on_content(ex->ctx, text, n) < 0)
+		return -1;
+	/* Appended after the callback accepted it: reply is what was sent. */
+	if (buf_append(&ex->reply, text, n) != BUF_OK) {
+		log_warn("reply of message %lld over %zu bytes; stopping", ex->message_id,
+			 ex->reply.max);
+		return -1;
+	}
+	return 0;
+}
+
+static int tick(void *ctx)
+{
+	struct exchange *ex = ctx;
+
+	return ex->on_tick ? ex->on_tick(ex->ctx) : 0;
+}
+
+int exchange_run(struct exchange *ex, int total_timeout)
+{
+	struct upstream_message *msgs;
+	struct upstream_call call;
+	int i, n = 0, rc;
+
+	msgs = calloc((size_t)ex->history.n + 2, sizeof *msgs);
+	if (!msgs) {
+		ex->result.outcome = UPSTREAM_FAILED;
+		snprintf(ex->result.error, sizeof ex->result.error, "Out of memory.");
+		return -1;
+	}
+	msgs[n].role = "system";
+	msgs[n++].content = buf_str(&ex->prompt.text);
+	for (i = 0; i < ex->history.n; i++) {
+		msgs[n].role = ex->history.items[i].role;
+		msgs[n++].content = ex->history.items[i].content;
+	}
+	msgs[n].role = "user";
+	msgs[n++].content = buf_str(&ex->message);
+
+	memset(&call, 0, sizeof call);
+	call.messages = msgs;
+	call.nmessages = n;
+	call.on_content = collect;
+	call.on_tick = tick;
+	call.ctx = ex;
+	call.idle_timeout = config.upstream_idle_timeout;
+	call.total_timeout = total_timeout;
+	rc = upstream_chat(ex->r->worker, &call, &ex->result);
+	free(msgs);
+	return rc;
+}
+
+int exchange_store(struct exchange *ex, int complete)
+{
+	struct db *d;
+	int rc;
+
+	if (ex->reply.len == 0)
+		return 0; /* the user saw nothing: there is nothing to keep */
+	d = db_acquire();
+	if (!d)
+		return -1;
+	rc = history_store(d, ex->user.id, ex->conversation, ex->user_msg_id,
+			   buf_str(&ex->message), ex->message_id, buf_str(&ex->reply),
+			   ex->reply.len, complete);
+	db_release(d);
+	return rc;
+}
+
+void exchange_end(struct exchange *ex)
+{
+	if (ex->have_user)
+		users_clear(&ex->user);
+	history_free(&ex->history);
+	prompt_free(&ex->prompt);
+	buf_free(&ex->message);
+	buf_free(&ex->reply);
+}

@@ -1,0 +1,57 @@
+/*
+ * exchange — one user message and the model's reply: the pipeline that
+ * chat (whole reply as JSON) and chat_stream (SSE) share.
+ *
+ *   exchange_begin   authenticate, validate, load the last N messages and
+ *                    the system prompt, reserve the message ids
+ *   exchange_run     call the model; every piece of text goes to the
+ *                    caller's callback and into ex->reply
+ *   exchange_store   write the user message and ex->reply together
+ *   exchange_end     free everything
+ *
+ * No database connection is held while the model is talking.
+ */
+#ifndef JARVAS_EXCHANGE_H
+#define JARVAS_EXCHANGE_H
+
+#include "buf.h"
+#include "history.h"
+#include "prompt.h"
+#include "request.h"
+#include "upstream.h"
+#include "users.h"
+
+struct exchange {
+	struct request *r;
+	struct user user;
+	int have_user;
+	char conversation[CONVERSATION_ID_MAX + 1];
+	struct buf message;      /* the user's message */
+	struct history history;  /* the last N messages, oldest first */
+	struct prompt prompt;
+	long long user_msg_id;
+	long long message_id;    /* id of the reply */
+	struct buf reply;        /* everything sent on to the client */
+	struct upstream_result result;
+
+	/* The caller's callbacks, as in struct upstream_call. */
+	int (*on_content)(void *ctx, const char *text, size_t n);
+	int (*on_tick)(void *ctx);
+	void *ctx;
+};
+
+/* from_query: read message, conversation_id (and access_token) from the
+ * query string (GET of the stream) instead of the body.  0, or -1 with
+ * the error answer already sent. */
+int exchange_begin(struct exchange *ex, struct request *r, int from_query);
+
+/* 0 when the model finished, -1 otherwise (see ex->result.outcome). */
+int exchange_run(struct exchange *ex, int total_timeout);
+
+/* Store the exchange if any reply text was produced.  complete: 0 when
+ * the reply was cut short.  0 (also when nothing to store) or -1. */
+int exchange_store(struct exchange *ex, int complete);
+
+void exchange_end(struct exchange *ex);
+
+#endif

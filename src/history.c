@@ -1,0 +1,203 @@
+/*
+ * history — SQL for the messages table (see history.h).
+ */
+#include "history.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+int history_conversation_valid(const char *id)
+{
+	size_t i;
+
+	for (i = 0; id[i]; i++) {
+		char c = id[i];
+		if (i >= CONVERSATION_ID_MAX ||
+		    !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '_' || c == '-'))
+			return 0;
+	}
+	return i > 0;
+}
+
+void history_free(struct history *h)
+{
+	int i;
+
+	for (i = 0; i < h->n; i++)
+		free(h->items[i].content);
+	free(h->items);
+	h->items = NULL;
+	h->n = 0;
+}
+
+int history_last(struct db *d, long long user_id, const char *conversation,
+		 int limit, struct history *out)
+{
+	/* Newest first with LIMIT, then reversed: the index serves both. */
+	static const char sql[] =
+		"SELECT role, content FROM messages WHERE user_id = ?1 AND conversation_id = ?2 "
+		"ORDER BY id DESC LIMIT ?3";
+	sqlite3_stmt *st;
+	int rc, i;
+
+	out->items = NULL;
+	out->n = 0;
+	if (limit <= 0)
+		return 0;
+	st = db_stmt(d, sql);
+	if (!st)
+		return -1;
+	out->items = calloc((size_t)limit, sizeof *out->items);
+	if (!out->items)
+		return -1;
+	sqlite3_bind_int64(st, 1, user_id);
+	sqlite3_bind_text(st, 2, conversation, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 3, limit);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW && out->n < limit) {
+		const char *role = (const char *)sqlite3_column_text(st, 0);
+		const char *text = (const char *)sqlite3_column_text(st, 1);
+		struct history_msg *m = &out->items[out->n];
+
+		m->role = role && strcmp(role, "user") == 0 ? "user" : "assistant";
+		m->content = strdup(text ? text : "");
+		if (!m->content)
+			goto fail;
+		out->n++;
+	}
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+		goto fail;
+	sqlite3_reset(st);
+	for (i = 0; i < out->n / 2; i++) {
+		struct history_msg t = out->items[i];
+		out->items[i] = out->items[out->n - 1 - i];
+		out->items[out->n - 1 - i] = t;
+	}
+	return 0;
+fail:
+	sqlite3_reset(st);
+	history_free(out);
+	return -1;
+}
+
+cJSON *history_list(struct db *d, long long user_id, const char *conversation)
+{
+	static const char sql[] =
+		"SELECT id, role, content, created_at FROM messages "
+		"WHERE user_id = ?1 AND conversation_id = ?2 ORDER BY id";
+	sqlite3_stmt *st = db_stmt(d, sql);
+	cJSON *list = cJSON_CreateArray(), *m;
+	int rc;
+
+	if (!st || !list)
+		goto fail;
+	sqlite3_bind_int64(st, 1, user_id);
+	sqlite3_bind_text(st, 2, conversation, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *role = (const char *)sqlite3_column_text(st, 1);
+		const char *text = (const char *)sqlite3_column_text(st, 2);
+		const char *when = (const char *)sqlite3_column_text(st, 3);
+
+		m = cJSON_CreateObject();
+		if (!m)
+			goto fail;
+		cJSON_AddItemToArray(list, m);
+		if (!cJSON_AddNumberToObject(m, "id", (double)sqlite3_column_int64(st, 0)) ||
+		    !cJSON_AddStringToObject(m, "role", role ? role : "") ||
+		    !cJSON_AddStringToObject(m, "content", text ? text : "") ||
+		    !cJSON_AddStringToObject(m, "created_at", when ? when : ""))
+			goto fail;
+	}
+	if (rc != SQLITE_DONE)
+		goto fail;
+	sqlite3_reset(st);
+	return list;
+fail:
+	if (st)
+		sqlite3_reset(st);
+	cJSON_Delete(list);
+	return NULL;
+}
+
+int history_reserve_ids(struct db *d, long long *user_msg_id, long long *reply_id)
+{
+	static const char sql[] =
+		"UPDATE sequences SET value = value + 2 WHERE name = 'message' RETURNING value";
+	sqlite3_stmt *st = db_stmt(d, sql);
+	int rc;
+
+	if (!st)
+		return -1;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*reply_id = sqlite3_column_int64(st, 0);
+		*user_msg_id = *reply_id - 1;
+	}
+	/* RETURNING: the update is done only once the statement is stepped
+	 * to its end. */
+	while (rc == SQLITE_ROW)
+		rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+static int insert_message(struct db *d, long long id, long long user_id,
+			  const char *conversation, const char *role,
+			  const char *text, size_t len, int complete)
+{
+	static const char sql[] =
+		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete) "
+		"VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+	sqlite3_stmt *st = db_stmt(d, sql);
+	int rc;
+
+	if (!st)
+		return -1;
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_int64(st, 2, user_id);
+	sqlite3_bind_text(st, 3, conversation, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, role, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, text, (int)len, SQLITE_STATIC);
+	sqlite3_bind_int(st, 6, complete);
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int history_store(struct db *d, long long user_id, const char *conversation,
+		  long long user_msg_id, const char *user_text,
+		  long long reply_id, const char *reply_text, size_t reply_len,
+		  int complete)
+{
+	if (db_begin(d) < 0)
+		goto fail;
+	if (insert_message(d, user_msg_id, user_id, conversation, "user", user_text,
+			   strlen(user_text), 1) < 0 ||
+	    insert_message(d, reply_id, user_id, conversation, "assistant", reply_text,
+			   reply_len, complete) < 0 ||
+	    db_commit(d) < 0)
+		goto fail;
+	return 0;
+fail:
+	log_error("storing exchange %lld failed: %s", reply_id, db_errmsg(d));
+	db_rollback(d);
+	return -1;
+}
+
+int history_delete(struct db *d, long long user_id, const char *conversation)
+{
+	static const char sql[] =
+		"DELETE FROM messages WHERE user_id = ?1 AND conversation_id = ?2";
+	sqlite3_stmt *st = db_stmt(d, sql);
+	int rc;
+
+	if (!st)
+		return -1;
+	sqlite3_bind_int64(st, 1, user_id);
+	sqlite3_bind_text(st, 2, conversation, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? sqlite3_changes(db_handle(d)) : -1;
+}

@@ -1,0 +1,27 @@
+/*
+ * chat — the non-streaming responder: /api/chat/, /api/chat/history/,
+ * /api/health/, /api/metrics, and the JSON 404 for every other path nginx
+ * sends here.  Only wiring; the work is in chat.c and ops.c.
+ */
+#include "chat.h"
+#include "metrics.h"
+#include "ops.h"
+#include "server.h"
+
+static const struct route routes[] = {
+	{ "/api/chat", METRICS_EP_CHAT, NULL, chat_post, NULL },
+	{ "/api/chat/history", METRICS_EP_HISTORY, chat_history_get, NULL, chat_history_delete },
+	{ "/api/health", METRICS_EP_HEALTH, ops_health, NULL, NULL },
+	{ "/api/metrics", METRICS_EP_METRICS, ops_metrics, NULL, NULL },
+};
+
+int main(void)
+{
+	static const struct server_spec spec = {
+		.name = "chat",
+		.routes = routes,
+		.nroutes = sizeof routes / sizeof routes[0],
+	};
+
+	return server_main(&spec);
+}

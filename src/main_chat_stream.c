@@ -1,0 +1,23 @@
+/*
+ * chat_stream — the streaming responder: /api/chat/stream/.  Only wiring;
+ * the work is in stream.c.  Runs many worker threads (JARVAS_WORKERS_
+ * CHAT_STREAM), since each open stream occupies one.
+ */
+#include "metrics.h"
+#include "server.h"
+#include "stream.h"
+
+static const struct route routes[] = {
+	{ "/api/chat/stream", METRICS_EP_STREAM, stream_get, stream_post, NULL },
+};
+
+int main(void)
+{
+	static const struct server_spec spec = {
+		.name = "chat_stream",
+		.routes = routes,
+		.nroutes = sizeof routes / sizeof routes[0],
+	};
+
+	return server_main(&spec);
+}

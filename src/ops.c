@@ -1,0 +1,82 @@
+/*
+ * ops — health and metrics endpoints (see ops.h).  Health runs a real
+ * query and a real upstream request, each with a short bound, so it never
+ * takes more than a few seconds.
+ */
+#include "ops.h"
+
+#include <stdio.h>
+
+#include "config.h"
+#include "db.h"
+#include "metrics.h"
+#include "response.h"
+#include "upstream.h"
+
+#define HEALTH_UPSTREAM_TIMEOUT_MS 2000
+
+static int database_ok(char *err, size_t errlen)
+{
+	static const char sql[] = "SELECT count(*) FROM sequences";
+	struct db *d = db_acquire();
+	sqlite3_stmt *st;
+	int rc;
+
+	if (!d) {
+		snprintf(err, errlen, "cannot open the database");
+		return -1;
+	}
+	st = db_stmt(d, sql);
+	rc = st ? sqlite3_step(st) : SQLITE_ERROR;
+	if (rc != SQLITE_ROW)
+		snprintf(err, errlen, "%s", db_errmsg(d));
+	if (st)
+		sqlite3_reset(st);
+	db_release(d);
+	return rc == SQLITE_ROW ? 0 : -1;
+}
+
+void ops_health(struct request *r)
+{
+	char db_err[256], up_err[256];
+	int db_ok = database_ok(db_err, sizeof db_err) == 0;
+	int up_ok = upstream_health(HEALTH_UPSTREAM_TIMEOUT_MS, up_err, sizeof up_err) == 0;
+	cJSON *o = cJSON_CreateObject();
+	struct buf msg;
+
+	buf_init(&msg, 1024);
+	if (!db_ok)
+		buf_printf(&msg, "error: %s", db_err);
+	if (!o || !cJSON_AddStringToObject(o, "status", db_ok && up_ok ? "ok" : "error") ||
+	    !cJSON_AddStringToObject(o, "database", db_ok ? "ok" : buf_str(&msg))) {
+		cJSON_Delete(o);
+		buf_free(&msg);
+		resp_json(r, 500, NULL);
+		return;
+	}
+	buf_reset(&msg);
+	if (!up_ok)
+		buf_printf(&msg, "error: %s", up_err);
+	cJSON_AddStringToObject(o, "upstream", up_ok ? "ok" : buf_str(&msg));
+	cJSON_AddStringToObject(o, "upstream_url", config.upstream_url);
+	cJSON_AddStringToObject(o, "model", config.model);
+	if (config.dev_upstream)
+		cJSON_AddStringToObject(o, "upstream_note",
+					"development stand-in (tests/fake_ollama): answers are canned, not from a model");
+	buf_free(&msg);
+	resp_json(r, db_ok && up_ok ? 200 : 503, o);
+}
+
+void ops_metrics(struct request *r)
+{
+	struct buf out;
+
+	buf_init(&out, 4u << 20);
+	if (metrics_render(&out) < 0) {
+		resp_detail(r, 500, "Metrics could not be rendered.");
+	} else if (resp_headers(r, 200, "text/plain; version=0.0.4; charset=utf-8",
+				(long)out.len, NULL) == 0) {
+		resp_write(r, out.data, out.len);
+	}
+	buf_free(&out);
+}

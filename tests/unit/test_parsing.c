@@ -1,0 +1,192 @@
+/* Unit tests: query strings, percent-decoding, UTF-8, NDJSON splitting
+ * and SSE JSON escaping — the byte-level parsers. */
+#include <stdlib.h>
+
+#include "check.h"
+#include "ndjson.h"
+#include "request.h"
+#include "sse.h"
+
+static void test_url_decode(void)
+{
+	static const struct { const char *in; int rc; const char *out; } cases[] = {
+		{ "hello", 0, "hello" },
+		{ "a+b", 0, "a b" },
+		{ "a%20b", 0, "a b" },
+		{ "Ol%C3%A1", 0, "Olá" },
+		{ "%e2%82%ac", 0, "€" },
+		{ "%", -1, NULL },
+		{ "%2", -1, NULL },
+		{ "%zz", -1, NULL },
+		{ "%00", -1, NULL },      /* NUL */
+		{ "%C3", -1, NULL },      /* truncated UTF-8 */
+		{ "%C0%AF", -1, NULL },   /* overlong */
+		{ "%ED%A0%80", -1, NULL },/* surrogate */
+		{ "%F4%90%80%80", -1, NULL }, /* past U+10FFFF */
+		{ "", 0, "" },
+	};
+	struct buf b;
+	size_t i;
+
+	buf_init(&b, 1024);
+	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		int rc = url_decode(cases[i].in, strlen(cases[i].in), &b);
+		CHECK(rc == cases[i].rc);
+		if (rc == 0)
+			CHECK_STR(buf_str(&b), cases[i].out);
+	}
+	buf_free(&b);
+}
+
+static void test_form_lookup(void)
+{
+	struct buf b;
+
+	buf_init(&b, 64);
+	CHECK(form_lookup("message=hi&conversation_id=c1", "conversation_id", &b) == 1);
+	CHECK_STR(buf_str(&b), "c1");
+	CHECK(form_lookup("message=hi", "conversation_id", &b) == 0);
+	CHECK(form_lookup("xmessage=no&message=yes", "message", &b) == 1);
+	CHECK_STR(buf_str(&b), "yes");
+	CHECK(form_lookup("message", "message", &b) == 1);
+	CHECK_STR(buf_str(&b), "");
+	CHECK(form_lookup("message=%G1", "message", &b) == -1);
+	CHECK(form_lookup("&&&message=a&&", "message", &b) == 1);
+	CHECK_STR(buf_str(&b), "a");
+	CHECK(form_lookup("", "message", &b) == 0);
+	/* Over the buffer's cap: an error, never a truncation. */
+	{
+		char big[200];
+		memset(big, 'x', sizeof big - 1);
+		big[sizeof big - 1] = '\0';
+		memcpy(big, "message=", 8);
+		CHECK(form_lookup(big, "message", &b) == -1);
+	}
+	buf_free(&b);
+}
+
+struct lines {
+	char got[16][64];
+	int n;
+	int stop_after;
+};
+
+static int collect(void *ctx, const char *line, size_t n)
+{
+	struct lines *l = ctx;
+
+	if (l->n < 16 && n < 64) {
+		memcpy(l->got[l->n], line, n);
+		l->got[l->n][n] = '\0';
+	}
+	l->n++;
+	return l->stop_after && l->n >= l->stop_after ? -1 : 0;
+}
+
+static void test_ndjson(void)
+{
+	struct ndjson nd;
+	struct lines l = { .n = 0 };
+	const char *stream = "{\"a\":1}\n{\"b\":\"Ol\xc3\xa1\"}\r\n\n{\"c\":3}\n";
+	size_t i, len = strlen(stream);
+
+	/* Every split point gives the same lines. */
+	for (i = 0; i <= len; i++) {
+		memset(&l, 0, sizeof l);
+		ndjson_init(&nd, 64);
+		CHECK(ndjson_feed(&nd, stream, i, collect, &l) == 0);
+		CHECK(ndjson_feed(&nd, stream + i, len - i, collect, &l) == 0);
+		CHECK(l.n == 3);
+		CHECK_STR(l.got[1], "{\"b\":\"Ol\xc3\xa1\"}");
+		CHECK(ndjson_pending(&nd) == 0);
+		ndjson_free(&nd);
+	}
+	/* Byte by byte. */
+	memset(&l, 0, sizeof l);
+	ndjson_init(&nd, 64);
+	for (i = 0; i < len; i++)
+		CHECK(ndjson_feed(&nd, stream + i, 1, collect, &l) == 0);
+	CHECK(l.n == 3);
+	CHECK_STR(l.got[2], "{\"c\":3}");
+	ndjson_free(&nd);
+	/* A line over the maximum is an error, in one read or across reads. */
+	ndjson_init(&nd, 4);
+	CHECK(ndjson_feed(&nd, "123456\n", 7, collect, &l) == -2);
+	ndjson_reset(&nd);
+	CHECK(ndjson_feed(&nd, "123", 3, collect, &l) == 0);
+	CHECK(ndjson_feed(&nd, "456", 3, collect, &l) == -2);
+	ndjson_free(&nd);
+	/* The callback can stop the feed. */
+	memset(&l, 0, sizeof l);
+	l.stop_after = 1;
+	ndjson_init(&nd, 64);
+	CHECK(ndjson_feed(&nd, "a\nb\nc\n", 6, collect, &l) == -1);
+	CHECK(l.n == 1);
+	ndjson_free(&nd);
+	/* An unterminated last line stays pending. */
+	ndjson_init(&nd, 64);
+	memset(&l, 0, sizeof l);
+	CHECK(ndjson_feed(&nd, "a\nbc", 4, collect, &l) == 0);
+	CHECK(l.n == 1 && ndjson_pending(&nd) == 2);
+	ndjson_free(&nd);
+}
+
+static void test_json_escape(void)
+{
+	static const struct { const char *in; const char *out; } cases[] = {
+		{ "plain", "plain" },
+		{ "Ol\xc3\xa1 \xf0\x9f\x8e\x89", "Ol\xc3\xa1 \xf0\x9f\x8e\x89" },
+		{ "a\"b", "a\\\"b" },
+		{ "back\\slash", "back\\\\slash" },
+		{ "new\nline\r\ttab", "new\\nline\\r\\ttab" },
+		{ "\x01\x1f", "\\u0001\\u001f" },
+		{ "\n\n", "\\n\\n" }, /* can never end an SSE event */
+	};
+	struct buf b;
+	size_t i;
+
+	buf_init(&b, 1024);
+	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		buf_reset(&b);
+		CHECK(sse_json_escape(&b, cases[i].in, strlen(cases[i].in)) == 0);
+		CHECK_STR(buf_str(&b), cases[i].out);
+		CHECK(strchr(buf_str(&b), '\n') == NULL);
+	}
+	buf_free(&b);
+}
+
+static void test_utf8(void)
+{
+	CHECK(utf8_valid("", 0));
+	CHECK(utf8_valid("abc", 3));
+	CHECK(utf8_valid("\xe2\x82\xac", 3));
+	CHECK(!utf8_valid("\xff", 1));
+	CHECK(!utf8_valid("a\0b", 3));
+	CHECK(!utf8_valid("\xe2\x82", 2));
+}
+
+static void test_buf(void)
+{
+	struct buf b;
+
+	buf_init(&b, 8);
+	CHECK(buf_puts(&b, "12345678") == BUF_OK);
+	CHECK(buf_putc(&b, '9') == BUF_TOOBIG);
+	CHECK(b.len == 8);
+	CHECK(buf_printf(&b, "%d", 1) == BUF_TOOBIG);
+	buf_consume(&b, 3);
+	CHECK_STR(buf_str(&b), "45678");
+	buf_free(&b);
+	CHECK_STR(buf_str(&b), "");
+}
+
+int main(void)
+{
+	test_url_decode();
+	test_form_lookup();
+	test_ndjson();
+	test_json_escape();
+	test_utf8();
+	test_buf();
+	return check_report("test_parsing");
+}
