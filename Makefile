@@ -95,7 +95,6 @@ unit: $(UNIT_TESTS)
 
 integration: all
 	python3 tests/integration/run.py
-	JARVAS_STREAM_TEST_SELF=1 tests/test_streaming.sh
 
 test: deps-test
 	@$(MAKE) --no-print-directory all unit

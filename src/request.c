@@ -41,8 +41,10 @@ void request_begin(struct request *r, FCGX_Request *fcgx, struct worker *w)
 		uri = FCGX_GetParam("SCRIPT_NAME", fcgx->envp);
 	if (!uri)
 		uri = "/";
+	/* One trailing slash is optional ("/api/chat/" is "/api/chat");
+	 * "/api/chat//" is another path, and a 404. */
 	n = strlen(uri);
-	while (n > 1 && uri[n - 1] == '/')
+	if (n > 1 && uri[n - 1] == '/')
 		n--;
 	r->path = strndup(uri, n);
 }
