@@ -101,9 +101,10 @@ test: deps-test
 	@$(MAKE) --no-print-directory integration
 
 asan: deps-test
+	@rm -f build/asan/asan.* build/asan/ubsan.*
 	@$(MAKE) --no-print-directory all BUILD=build/asan BIN=build/asan/cgi-bin \
 		CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
-	JARVAS_BIN_DIR=$(CURDIR)/build/asan/cgi-bin \
+	JARVAS_TEST_BIN=$(CURDIR)/build/asan/cgi-bin \
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:log_path=$(CURDIR)/build/asan/asan \
 		UBSAN_OPTIONS=print_stacktrace=1:log_path=$(CURDIR)/build/asan/ubsan \
 		python3 tests/integration/run.py

@@ -15,15 +15,18 @@
 
 #define HEALTH_UPSTREAM_TIMEOUT_MS 2000
 
+/* A fresh connection, not a pooled one: a pooled connection keeps working
+ * on a file that was deleted or replaced, and health must see the file as
+ * it is on disk now. */
 static int database_ok(char *err, size_t errlen)
 {
 	static const char sql[] = "SELECT count(*) FROM sequences";
-	struct db *d = db_acquire();
+	struct db *d = db_open(config.db_path, 0);
 	sqlite3_stmt *st;
 	int rc;
 
 	if (!d) {
-		snprintf(err, errlen, "cannot open the database");
+		snprintf(err, errlen, "cannot open %s", config.db_path);
 		return -1;
 	}
 	st = db_stmt(d, sql);
@@ -32,7 +35,7 @@ static int database_ok(char *err, size_t errlen)
 		snprintf(err, errlen, "%s", db_errmsg(d));
 	if (st)
 		sqlite3_reset(st);
-	db_release(d);
+	db_close(d);
 	return rc == SQLITE_ROW ? 0 : -1;
 }
 
