@@ -8,7 +8,8 @@ BUILD   ?= build/release
 BIN     ?= cgi-bin
 CC      ?= cc
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -MMD -MP -Isrc
+# Always on, whatever CFLAGS a caller passes (make asan passes its own).
+override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -MMD -MP -Isrc
 LDLIBS  := -lfcgi -lcurl -lcjson -lsqlite3 -lsodium -lpthread
 
 RESPONDERS := token chat chat_stream

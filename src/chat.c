@@ -24,7 +24,7 @@ void chat_post(struct request *r)
 	struct exchange ex;
 	cJSON *o;
 
-	if (exchange_begin(&ex, r, 0) < 0)
+	if (exchange_begin(&ex, r, 0, -1) < 0)
 		goto out;
 	ex.on_tick = stop_if_shutting_down;
 	if (exchange_run(&ex, config.upstream_total_timeout) < 0) {

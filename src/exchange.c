@@ -9,6 +9,7 @@
 #include "auth.h"
 #include "config.h"
 #include "db.h"
+#include "limits.h"
 #include "log.h"
 #include "response.h"
 #include "server.h"
@@ -17,6 +18,7 @@ static void exchange_zero(struct exchange *ex, struct request *r)
 {
 	memset(ex, 0, sizeof *ex);
 	ex->r = r;
+	ex->stream_slot = -1;
 	buf_init(&ex->message, config.message_max);
 	buf_init(&ex->reply, 64u << 20);
 	prompt_init(&ex->prompt);
@@ -136,13 +138,38 @@ fail:
 	return -1;
 }
 
-int exchange_begin(struct exchange *ex, struct request *r, int from_query)
+/* The user's open-stream cap, before anything is written for this one. */
+static int admit_stream(struct exchange *ex, int slot)
+{
+	char msg[128];
+	cJSON *o;
+
+	if (limits_stream_enter(slot, ex->user.id) == 0) {
+		ex->stream_slot = slot;
+		return 0;
+	}
+	snprintf(msg, sizeof msg,
+		 "Too many open streams: at most %d per user. Close one and retry.",
+		 config.max_streams_per_user);
+	o = cJSON_CreateObject();
+	if (o && !cJSON_AddStringToObject(o, "detail", msg)) {
+		cJSON_Delete(o);
+		o = NULL;
+	}
+	resp_json_headers(ex->r, 429, o, "Retry-After: 5\r\n");
+	return -1;
+}
+
+int exchange_begin(struct exchange *ex, struct request *r, int from_query,
+		   int stream_slot)
 {
 	exchange_zero(ex, r);
 	if (auth_require(r, from_query, &ex->user) < 0)
 		return -1;
 	ex->have_user = 1;
 	if ((from_query ? read_input_query(ex) : read_input_body(ex)) < 0)
+		return -1;
+	if (stream_slot >= 0 && admit_stream(ex, stream_slot) < 0)
 		return -1;
 	if (load_context(ex) < 0) {
 		resp_detail(r, 503, "Database unavailable, please retry.");
@@ -226,6 +253,8 @@ int exchange_store(struct exchange *ex, int complete)
 
 void exchange_end(struct exchange *ex)
 {
+	if (ex->stream_slot >= 0)
+		limits_stream_leave(ex->stream_slot);
 	if (ex->have_user)
 		users_clear(&ex->user);
 	history_free(&ex->history);

@@ -33,6 +33,7 @@ struct exchange {
 	long long message_id;    /* id of the reply */
 	struct buf reply;        /* everything sent on to the client */
 	struct upstream_result result;
+	int stream_slot;         /* limits slot held, or -1 */
 
 	/* The caller's callbacks, as in struct upstream_call. */
 	int (*on_content)(void *ctx, const char *text, size_t n);
@@ -41,9 +42,11 @@ struct exchange {
 };
 
 /* from_query: read message, conversation_id (and access_token) from the
- * query string (GET of the stream) instead of the body.  0, or -1 with
- * the error answer already sent. */
-int exchange_begin(struct exchange *ex, struct request *r, int from_query);
+ * query string (GET of the stream) instead of the body.  stream_slot >= 0:
+ * count this exchange against the user's open-stream cap in that slot
+ * (429 past it).  0, or -1 with the error answer already sent. */
+int exchange_begin(struct exchange *ex, struct request *r, int from_query,
+		   int stream_slot);
 
 /* 0 when the model finished, -1 otherwise (see ex->result.outcome). */
 int exchange_run(struct exchange *ex, int total_timeout);

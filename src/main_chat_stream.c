@@ -17,6 +17,7 @@ int main(void)
 		.name = "chat_stream",
 		.routes = routes,
 		.nroutes = sizeof routes / sizeof routes[0],
+		.caps_streams = 1,
 	};
 
 	return server_main(&spec);

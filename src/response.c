@@ -98,8 +98,7 @@ int resp_json_text(struct request *r, int status, const char *json,
 	return resp_write(r, json, n);
 }
 
-/* A complete JSON response with extra headers; takes ownership of body. */
-static int resp_json_with(struct request *r, int status, cJSON *body,
+int resp_json_headers(struct request *r, int status, cJSON *body,
 			  const char *extra_headers)
 {
 	char *text = body ? cJSON_PrintUnformatted(body) : NULL;
@@ -115,7 +114,7 @@ static int resp_json_with(struct request *r, int status, cJSON *body,
 
 int resp_json(struct request *r, int status, cJSON *body)
 {
-	return resp_json_with(r, status, body, NULL);
+	return resp_json_headers(r, status, body, NULL);
 }
 
 int resp_detail_code(struct request *r, int status, const char *detail,
@@ -132,7 +131,7 @@ int resp_detail_code(struct request *r, int status, const char *detail,
 		o = NULL;
 	}
 	/* DRF + SimpleJWT: every 401 names the scheme to use. */
-	return resp_json_with(r, status, o,
+	return resp_json_headers(r, status, o,
 			      status == 401 ? "WWW-Authenticate: Bearer realm=\"api\"\r\n"
 					    : NULL);
 }
@@ -183,7 +182,7 @@ int resp_method_not_allowed(struct request *r, const char *allow)
 		cJSON_Delete(o);
 		o = NULL;
 	}
-	return resp_json_with(r, 405, o, headers);
+	return resp_json_headers(r, 405, o, headers);
 }
 
 int resp_no_content(struct request *r)

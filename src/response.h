@@ -20,6 +20,9 @@ int resp_json_text(struct request *r, int status, const char *json,
 		   const char *extra_headers);
 /* A complete JSON response; takes ownership of body. */
 int resp_json(struct request *r, int status, cJSON *body);
+/* The same with extra headers ("Name: value\r\n..."). */
+int resp_json_headers(struct request *r, int status, cJSON *body,
+		      const char *extra_headers);
 /* {"detail": "..."} */
 int resp_detail(struct request *r, int status, const char *detail);
 /* {"detail": "...", "code": "..."} */

@@ -21,6 +21,7 @@
 
 #include "config.h"
 #include "db.h"
+#include "limits.h"
 #include "log.h"
 #include "metrics.h"
 #include "password.h"
@@ -208,7 +209,10 @@ int server_main(const struct server_spec *s)
 	}
 	if (metrics_open() < 0)
 		log_warn("metrics unavailable in this process");
+	if (s->caps_streams && limits_open(config.workers) < 0)
+		log_warn("the per-user stream cap is not enforced in this process");
 	rc = run_workers();
+	limits_close();
 	metrics_close();
 	db_pool_free();
 	upstream_global_cleanup();

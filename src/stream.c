@@ -100,7 +100,7 @@ static void stream_run(struct request *r, int from_query)
 		resp_no_content(r);
 		return;
 	}
-	if (exchange_begin(&ex, r, from_query) < 0)
+	if (exchange_begin(&ex, r, from_query, r->worker->id) < 0)
 		goto out;
 	sse_init(&s.sse, r, ex.message_id);
 	ex.on_content = on_content;

@@ -336,6 +336,8 @@ class Stack:
                 JARVAS_LISTEN=f"127.0.0.1:{self.port}",
                 JARVAS_UPSTREAM_URL=f"http://127.0.0.1:{self.fake_port}",
                 JARVAS_BIN_DIR=str(BIN_DIR),
+                # Tests open many streams as one user; the cap has its own test.
+                JARVAS_MAX_STREAMS_PER_USER="1000",
             )
             env.update(self.extra_env)
             self.env = env
