@@ -48,3 +48,12 @@ CREATE TABLE prompt_cache (
     hits       INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX prompt_cache_by_expiry ON prompt_cache (expires_at);
+
+-- migrate: 2
+-- Failed logins per username and per client address, for throttling: a
+-- key over its limit within the window gets 429 until the window ends.
+CREATE TABLE login_failures (
+    key          TEXT    PRIMARY KEY,          -- "user:<name>" or "addr:<ip>"
+    failures     INTEGER NOT NULL,
+    window_start INTEGER NOT NULL              -- unix seconds
+);

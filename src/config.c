@@ -156,6 +156,9 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 	INT_SETTING(config.prompt_cache_ttl, "JARVAS_PROMPT_CACHE_TTL", 3600, 1, 365L * 86400);
 	INT_SETTING(config.max_streams_per_user, "JARVAS_MAX_STREAMS_PER_USER", 4, 1, 100000);
 	INT_SETTING(config.hash_concurrency, "JARVAS_HASH_CONCURRENCY", 2, 1, 64);
+	INT_SETTING(config.login_failures_per_user, "JARVAS_LOGIN_FAILURES_PER_USER", 10, 1, 1000000);
+	INT_SETTING(config.login_failures_per_addr, "JARVAS_LOGIN_FAILURES_PER_ADDR", 50, 1, 1000000);
+	INT_SETTING(config.login_window, "JARVAS_LOGIN_WINDOW", 900, 1, 86400);
 	INT_SETTING(config.dev_upstream, "JARVAS_DEV_UPSTREAM", 0, 0, 1);
 #undef INT_SETTING
 

@@ -14,6 +14,7 @@
 #include "jwt.h"
 #include "log.h"
 #include "password.h"
+#include "throttle.h"
 #include "response.h"
 #include "users.h"
 
@@ -88,13 +89,30 @@ static void send_tokens(struct request *r, long long user_id, int with_refresh)
 	buf_free(&refresh);
 }
 
+static void throttled(struct request *r, long wait)
+{
+	char headers[64];
+	cJSON *o = cJSON_CreateObject();
+
+	snprintf(headers, sizeof headers, "Retry-After: %ld\r\n", wait);
+	if (o && !cJSON_AddStringToObject(o, "detail",
+					  "Too many failed login attempts. Try again later.")) {
+		cJSON_Delete(o);
+		o = NULL;
+	}
+	snprintf(r->note, sizeof r->note, "login=throttled");
+	resp_json_headers(r, 429, o, headers);
+}
+
 void tokens_obtain(struct request *r)
 {
 	static const char *const names[] = { "username", "password" };
 	const char *values[2] = { NULL, NULL };
+	const char *addr = request_param(r, "REMOTE_ADDR");
 	struct user u;
 	struct db *d;
-	int found;
+	long wait;
+	int found, ok;
 
 	if (request_parse_body(r) < 0 || require_fields(r, names, values, 2) < 0)
 		return;
@@ -103,24 +121,33 @@ void tokens_obtain(struct request *r)
 		resp_detail(r, 503, "Database unavailable.");
 		return;
 	}
-	found = strlen(values[0]) <= USERNAME_MAX ? users_by_name(d, values[0], &u) : 0;
+	wait = throttle_check(d, values[0], addr);
+	found = wait == 0 && strlen(values[0]) <= USERNAME_MAX ? users_by_name(d, values[0], &u) : 0;
 	db_release(d);
-	if (found < 0) {
+	if (wait < 0 || found < 0) {
 		resp_detail(r, 503, "Database unavailable.");
 		return;
 	}
+	if (wait > 0) {
+		throttled(r, wait);
+		return;
+	}
 	/* Hash even for an unknown user, so timing does not tell. */
-	if (!password_check(found ? u.password_hash : NULL, values[1]) || !found ||
-	    !u.active) {
-		if (found)
-			users_clear(&u);
+	ok = password_check(found ? u.password_hash : NULL, values[1]) && found && u.active;
+	if (found)
+		users_clear(&u);
+	/* Bookkeeping failures are logged, not shown: the answer stands. */
+	d = db_acquire();
+	if (!d || (ok ? throttle_succeeded(d, values[0]) : throttle_failed(d, values[0], addr)) < 0)
+		log_warn("login throttling bookkeeping failed: %s", db_errmsg(d));
+	db_release(d);
+	if (!ok) {
 		snprintf(r->note, sizeof r->note, "login=failed");
 		resp_detail(r, 401, "No active account found with the given credentials");
 		return;
 	}
 	r->user_id = u.id;
 	send_tokens(r, u.id, 1);
-	users_clear(&u);
 }
 
 void tokens_refresh(struct request *r)

@@ -338,6 +338,10 @@ class Stack:
                 JARVAS_BIN_DIR=str(BIN_DIR),
                 # Tests open many streams as one user; the cap has its own test.
                 JARVAS_MAX_STREAMS_PER_USER="1000",
+                # Every test logs in from 127.0.0.1, many fail on purpose;
+                # throttling has its own test.
+                JARVAS_LOGIN_FAILURES_PER_USER="1000000",
+                JARVAS_LOGIN_FAILURES_PER_ADDR="1000000",
             )
             env.update(self.extra_env)
             self.env = env
