@@ -70,8 +70,9 @@ $(BIN)/jarvas-admin: $(BUILD)/main_admin.o $(BUILD)/libjarvas.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# The fake is one self-contained file with its own feature macros.
 tests/fake_ollama: tests/fake_ollama.c
-	$(CC) $(CFLAGS) -o $@ $< -lcjson
+	$(CC) $(filter-out -D_GNU_SOURCE -MMD -MP -Isrc,$(CFLAGS)) -o $@ $< -lcjson
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libjarvas.a
 	@mkdir -p $(@D)

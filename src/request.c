@@ -277,81 +277,85 @@ static int starts_with_ci(const char *s, const char *prefix)
 	return strncasecmp(s, prefix, strlen(prefix)) == 0;
 }
 
+int request_decode_body(const char *body, size_t n, const char *type,
+			cJSON **data, char *reason, size_t reasonlen)
+{
+	*data = NULL;
+	if (!type)
+		type = "";
+	if (starts_with_ci(type, "application/x-www-form-urlencoded")) {
+		*data = form_to_json(body, n);
+		if (*data)
+			return 0;
+		snprintf(reason, reasonlen, "Form parse error - invalid encoding or not UTF-8.");
+		return 400;
+	}
+	if (*type && !starts_with_ci(type, "application/json")) {
+		size_t i, len = strcspn(type, ";");
+
+		/* The header is the client's: echo a short, printable prefix. */
+		snprintf(reason, reasonlen, "Unsupported media type \"%.*s\" in request.",
+			 (int)(len > 100 ? 100 : len), type);
+		for (i = 0; reason[i]; i++)
+			if ((unsigned char)reason[i] < 0x20 || (unsigned char)reason[i] >= 0x7f)
+				reason[i] = '?';
+		return 415;
+	}
+	if (n == 0) {
+		*data = cJSON_CreateObject(); /* DRF: an empty body is {} */
+		if (*data)
+			return 0;
+		snprintf(reason, reasonlen, "Out of memory.");
+		return 500;
+	}
+	if (!utf8_valid(body, n)) {
+		snprintf(reason, reasonlen, "JSON parse error - body is not valid UTF-8 or contains NUL bytes.");
+		return 400;
+	}
+	if (json_has_escaped_nul(body, n)) {
+		snprintf(reason, reasonlen, "JSON parse error - NUL characters (\\u0000) are not allowed.");
+		return 400;
+	}
+	*data = cJSON_ParseWithLength(body, n);
+	if (!*data) {
+		snprintf(reason, reasonlen, "JSON parse error - malformed JSON.");
+		return 400;
+	}
+	if (!cJSON_IsObject(*data)) {
+		snprintf(reason, reasonlen, "Invalid data. Expected a dictionary.");
+	} else if (json_has_duplicate_key(*data)) {
+		snprintf(reason, reasonlen, "JSON parse error - duplicate keys or more than 64 fields in object.");
+	} else {
+		return 0;
+	}
+	cJSON_Delete(*data);
+	*data = NULL;
+	return 400;
+}
+
 int request_parse_body(struct request *r)
 {
 	const char *len_s = request_param(r, "CONTENT_LENGTH");
-	const char *type = request_param(r, "CONTENT_TYPE");
-	char chunk[16384];
-	int got;
+	char chunk[16384], reason[256];
+	int got, status;
 
 	if (len_s && *len_s && strtoull(len_s, NULL, 10) > config.body_max)
 		goto too_big;
-	while ((got = FCGX_GetStr(chunk, sizeof chunk, r->fcgx->in)) > 0) {
+	while ((got = FCGX_GetStr(chunk, sizeof chunk, r->fcgx->in)) > 0)
 		if (buf_append(&r->body, chunk, (size_t)got) != BUF_OK)
 			goto too_big;
-	}
-	if (!type)
-		type = "";
-
-	if (starts_with_ci(type, "application/x-www-form-urlencoded")) {
-		r->data = form_to_json(buf_str(&r->body), r->body.len);
-		if (!r->data) {
-			resp_detail(r, 400, "Form parse error - invalid encoding or not UTF-8.");
-			return -1;
-		}
+	status = request_decode_body(buf_str(&r->body), r->body.len,
+				     request_param(r, "CONTENT_TYPE"), &r->data, reason,
+				     sizeof reason);
+	if (status == 0)
 		return 0;
-	}
-	if (*type && !starts_with_ci(type, "application/json")) {
-		struct buf msg;
-
-		buf_init(&msg, 512);
-		buf_puts(&msg, "Unsupported media type \"");
-		/* The header is the client's; keep only a printable prefix. */
-		for (const char *t = type; *t && t - type < 100; t++)
-			buf_putc(&msg, (*t >= 0x20 && *t < 0x7f) ? *t : '?');
-		buf_puts(&msg, "\" in request.");
-		resp_detail(r, 415, buf_str(&msg));
-		buf_free(&msg);
-		return -1;
-	}
-	if (r->body.len == 0) {
-		r->data = cJSON_CreateObject(); /* DRF: an empty body is {} */
-		if (!r->data) {
-			resp_detail(r, 500, "Out of memory.");
-			return -1;
-		}
-		return 0;
-	}
-	if (!utf8_valid(r->body.data, r->body.len)) {
-		resp_detail(r, 400, "JSON parse error - body is not valid UTF-8 or contains NUL bytes.");
-		return -1;
-	}
-	if (json_has_escaped_nul(r->body.data, r->body.len)) {
-		resp_detail(r, 400, "JSON parse error - NUL characters (\\u0000) are not allowed.");
-		return -1;
-	}
-	r->data = cJSON_ParseWithLength(r->body.data, r->body.len);
-	if (!r->data) {
-		resp_detail(r, 400, "JSON parse error - malformed JSON.");
-		return -1;
-	}
-	if (!cJSON_IsObject(r->data)) {
-		resp_detail(r, 400, "Invalid data. Expected a dictionary.");
-		return -1;
-	}
-	if (json_has_duplicate_key(r->data)) {
-		resp_detail(r, 400, "JSON parse error - duplicate keys or more than 64 fields in object.");
-		return -1;
-	}
-	return 0;
-too_big: {
-	char msg[96];
-
-	snprintf(msg, sizeof msg, "Request body too large (limit %zu bytes).",
-		 config.body_max);
-	resp_detail(r, 413, msg);
+	resp_detail(r, status, reason);
 	return -1;
-}
+too_big:
+	snprintf(reason, sizeof reason, "Request body too large (limit %zu bytes).",
+		 config.body_max);
+	resp_detail(r, 413, reason);
+	return -1;
 }
 
 int request_field(const struct request *r, const char *name, const char **out)

@@ -60,6 +60,12 @@ double request_elapsed_ms(const struct request *r);
  * -1 present but not a string. */
 int request_field(const struct request *r, const char *name, const char **out);
 
+/* The body as data: JSON object or form fields.  0 with *data set, or
+ * the HTTP status to answer (400, 415, 500) with a reason.  Pure: the
+ * fuzzers and unit tests call it directly. */
+int request_decode_body(const char *body, size_t n, const char *content_type,
+			cJSON **data, char *reason, size_t reasonlen);
+
 /* Helpers shared with the tests and fuzzers. */
 int url_decode(const char *s, size_t n, struct buf *out);
 int form_lookup(const char *qs, const char *name, struct buf *out);

@@ -145,54 +145,59 @@ static void keep_counters(struct upstream_result *res, const cJSON *o)
 		snprintf(res->done_reason, sizeof res->done_reason, "%s", reason->valuestring);
 }
 
+int upstream_line_decode(const char *line, size_t n, struct upstream_line *out)
+{
+	const cJSON *msg, *content, *err, *done;
+
+	memset(out, 0, sizeof *out);
+	out->json = cJSON_ParseWithLength(line, n);
+	if (!cJSON_IsObject(out->json))
+		return -1;
+	err = cJSON_GetObjectItemCaseSensitive(out->json, "error");
+	if (err) {
+		out->error = cJSON_IsString(err) ? err->valuestring
+						 : "The language model reported an error.";
+		return 0;
+	}
+	msg = cJSON_GetObjectItemCaseSensitive(out->json, "message");
+	content = cJSON_GetObjectItemCaseSensitive(msg, "content");
+	done = cJSON_GetObjectItemCaseSensitive(out->json, "done");
+	if ((content && !cJSON_IsString(content)) || (done && !cJSON_IsBool(done)) ||
+	    (!content && !cJSON_IsTrue(done)))
+		return -1;
+	if (content) {
+		out->content = content->valuestring;
+		out->len = strlen(content->valuestring);
+	}
+	out->done = cJSON_IsTrue(done);
+	return 0;
+}
+
 /* One NDJSON line of a 2xx answer. */
 static int parse_line(void *ctx, const char *line, size_t n)
 {
 	struct call_state *s = ctx;
-	const cJSON *msg, *content, *err, *done;
-	cJSON *o;
-	int rc = 0;
+	struct upstream_line l;
+	int rc = -1;
 
 	if (s->done) {
 		fail_with(s, METRICS_UE_MALFORMED, "The language model sent data after its last message.");
 		return -1;
 	}
-	o = cJSON_ParseWithLength(line, n);
-	if (!cJSON_IsObject(o)) {
-		cJSON_Delete(o);
+	if (upstream_line_decode(line, n, &l) < 0) {
 		fail_with(s, METRICS_UE_MALFORMED, "The language model sent a malformed response line.");
-		return -1;
-	}
-	err = cJSON_GetObjectItemCaseSensitive(o, "error");
-	if (err) {
-		fail_with(s, METRICS_UE_ERROR_LINE, "%s",
-			  cJSON_IsString(err) ? err->valuestring
-					      : "The language model reported an error.");
-		rc = -1;
-		goto out;
-	}
-	msg = cJSON_GetObjectItemCaseSensitive(o, "message");
-	content = cJSON_GetObjectItemCaseSensitive(msg, "content");
-	done = cJSON_GetObjectItemCaseSensitive(o, "done");
-	if ((content && !cJSON_IsString(content)) || (done && !cJSON_IsBool(done)) ||
-	    (!content && !cJSON_IsTrue(done))) {
-		fail_with(s, METRICS_UE_MALFORMED, "The language model sent a malformed response line.");
-		rc = -1;
-		goto out;
-	}
-	if (content && content->valuestring[0] &&
-	    s->call->on_content(s->call->ctx, content->valuestring,
-				strlen(content->valuestring)) < 0) {
+	} else if (l.error) {
+		fail_with(s, METRICS_UE_ERROR_LINE, "%s", l.error);
+	} else if (l.len && s->call->on_content(s->call->ctx, l.content, l.len) < 0) {
 		s->stopped = 1;
-		rc = -1;
-		goto out;
+	} else {
+		if (l.done) {
+			s->done = 1;
+			keep_counters(s->res, l.json);
+		}
+		rc = 0;
 	}
-	if (cJSON_IsTrue(done)) {
-		s->done = 1;
-		keep_counters(s->res, o);
-	}
-out:
-	cJSON_Delete(o);
+	cJSON_Delete(l.json);
 	return rc;
 }
 

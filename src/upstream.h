@@ -54,6 +54,18 @@ struct upstream_result {
 	char done_reason[32];
 };
 
+/* One line of Ollama's stream, decoded: the content piece, the final
+ * "done", or an {"error"}.  -1 for a line that is none of these.  The
+ * caller frees out->json (content and error point into it). */
+struct upstream_line {
+	void *json; /* cJSON * */
+	const char *content;
+	size_t len;
+	int done;
+	const char *error;
+};
+int upstream_line_decode(const char *line, size_t n, struct upstream_line *out);
+
 int upstream_global_init(void);
 void upstream_global_cleanup(void);
 void upstream_free(struct upstream *u);
