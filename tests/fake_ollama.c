@@ -48,7 +48,11 @@
  *   GET  /_fake/stats      {"active":N,"total":N,"client_closed":N,
  *                           "connections":N}
  *   anything else          404 "404 page not found"
- * Malformed HTTP gets 400 (413 when too large) and the connection is closed.
+ * Malformed HTTP gets 400 (413 when too large, 501 for a Transfer-Encoding
+ * other than chunked) and the connection is closed after the reply.  No idle
+ * timeout on keep-alive connections (as Go's default).  An HTTP/1.0 client
+ * gets the stream unchunked, ended by the close.  A client that shuts down
+ * its sending side counts as gone (Go cancels the request then too).
  *
  * REC (also the -r line): {"seq":N,"arrived_at":MS,"body":<the request JSON
  * as an object, or the raw text as a string when it does not parse>,
@@ -89,7 +93,15 @@
  *   garbage=1         200 with `tokens` lines of non-JSON binary bytes
  *   long_line=N       the reply is one content token of N bytes (a-z cycle)
  * The K-controls fire at the moment token K+1 would be due.  -1 disables
- * (useful to override a /_fake/config default).
+ * (useful to override a /_fake/config default).  Flags take 1/0/true/false.
+ * With "stream":false the same controls apply to the single reply: delays
+ * add up before it, error_after gives HTTP 500 {"error":..}, malformed_after
+ * and garbage give a 200 with that body, nodone gives "done":false, cut_after
+ * closes without a reply, hang never replies.
+ *
+ * Under overload tokens that are already due go out together (a stream
+ * catches up rather than drifting), so a saturated machine stretches the
+ * gaps between writes but never loses or reorders a token.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -1313,7 +1325,7 @@ static void job_done(struct conn *c, int how)
 		return;
 	if (r) {
 		r->tokens_sent = j->sent;
-		r->status = j->phase == PH_CUT && !j->status ? 200 : j->status;
+		r->status = j->status;
 		r->finished = 1;
 		r->finished_at = wall_ms();
 		if (how == DONE_PEER) {
