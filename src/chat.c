@@ -11,13 +11,6 @@
 #include "exchange.h"
 #include "history.h"
 #include "response.h"
-#include "server.h"
-
-static int stop_if_shutting_down(void *ctx)
-{
-	(void)ctx;
-	return server_stopping() ? -1 : 0;
-}
 
 void chat_post(struct request *r)
 {
@@ -26,14 +19,9 @@ void chat_post(struct request *r)
 
 	if (exchange_begin(&ex, r, 0, -1) < 0)
 		goto out;
-	ex.on_tick = stop_if_shutting_down;
+	/* A restart lets this finish: it is bounded by the total timeout. */
 	if (exchange_run(&ex, config.upstream_total_timeout) < 0) {
-		if (ex.result.outcome == UPSTREAM_FAILED && ex.result.kind == METRICS_UE_TIMEOUT)
-			resp_detail(r, 504, ex.result.error);
-		else if (ex.result.outcome == UPSTREAM_FAILED)
-			resp_detail(r, 502, ex.result.error);
-		else
-			resp_detail(r, 503, "The server is restarting; please retry in a moment.");
+		resp_detail(r, ex.result.kind == METRICS_UE_TIMEOUT ? 504 : 502, ex.result.error);
 		goto out;
 	}
 	if (exchange_store(&ex, 1) < 0) {

@@ -80,7 +80,8 @@ int metrics_open(void)
 		     config.responder, (int)getpid());
 	if (n < 0 || (size_t)n >= sizeof path)
 		return -1;
-	fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	/* No O_TRUNC: after a reload (same pid, same file) the counters go on. */
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		log_warn("metrics off: cannot create %s: %s", path, strerror(errno));
 		return -1;
@@ -96,9 +97,14 @@ int metrics_open(void)
 		mine = NULL;
 		return -1;
 	}
-	mine->pid = (int32_t)getpid();
-	mine->version = METRICS_VERSION;
-	__atomic_store_n(&mine->magic, METRICS_MAGIC, __ATOMIC_RELEASE);
+	if (mine->magic != METRICS_MAGIC || mine->version != METRICS_VERSION ||
+	    mine->pid != (int32_t)getpid()) {
+		memset(mine, 0, sizeof *mine);
+		mine->pid = (int32_t)getpid();
+		mine->version = METRICS_VERSION;
+		__atomic_store_n(&mine->magic, METRICS_MAGIC, __ATOMIC_RELEASE);
+	}
+	mine->active_streams = 0; /* no stream survives a reload */
 	return 0;
 }
 

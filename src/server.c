@@ -2,11 +2,16 @@
  * server — worker threads, pre-forked processes, routing and shutdown
  * (see server.h).
  *
- * Shutdown: SIGTERM sets `stopping`; idle workers blocked in accept() are
+ * Shutdown: SIGTERM (stop) or SIGHUP (reload) sets `stopping`; idle workers blocked in accept() are
  * woken with SIGUSR1 (installed without SA_RESTART, so accept() fails with
  * EINTR and libfcgi, seeing FCGX_ShutdownPending, returns -1).  Busy
  * workers finish their request first: streams notice server_stopping()
  * and end with an error event.
+ *
+ * Reload (SIGHUP, `jarvasctl restart`): after that drain the process
+ * re-executes its binary, keeping the listening socket on fd 0 and its
+ * pid.  Connections that arrive meanwhile wait in the socket's backlog,
+ * so none is refused, and a new binary on disk takes over.
  */
 #include "server.h"
 
@@ -120,8 +125,9 @@ out:
 	return NULL;
 }
 
-/* Run the worker threads of one process until SIGTERM; 0 or -1. */
-static int run_workers(void)
+/* Run the worker threads of one process until SIGTERM or SIGHUP; 0 or -1.
+ * *reload: the signal was SIGHUP. */
+static int run_workers(int *reload)
 {
 	struct worker_slot *slots;
 	pthread_attr_t attr;
@@ -135,6 +141,7 @@ static int run_workers(void)
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
 	pthread_attr_init(&attr);
@@ -151,12 +158,14 @@ static int run_workers(void)
 	pthread_attr_destroy(&attr);
 	log_info("ready: %d workers, pid %d", started, (int)getpid());
 
+	sig = SIGTERM;
 	if (started > 0)
 		while (sigwait(&set, &sig) != 0)
 			;
+	*reload = sig == SIGHUP;
 	stopping = 1;
 	FCGX_ShutdownPending();
-	log_info("stopping: waiting for requests in progress");
+	log_info("%s: waiting for requests in progress", *reload ? "reloading" : "stopping");
 	for (;;) {
 		int left = 0;
 		struct timespec tick = { 0, 50 * 1000 * 1000 };
@@ -178,13 +187,32 @@ static int run_workers(void)
 	return rc;
 }
 
+/* Re-execute this program in place (see the top of this file).  Returns
+ * only on failure. */
+static void reexec(const char *self)
+{
+	sigset_t none;
+	char *const argv[] = { (char *)self, NULL };
+
+	/* The new image must start with no signal blocked. */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	log_info("reloading: exec %s", self);
+	execv(self, argv);
+	log_error("reload failed: exec %s: %s", self, strerror(errno));
+}
+
 int server_main(const struct server_spec *s)
 {
 	struct sigaction sa;
-	char err[512];
-	int rc;
+	char err[512], self[4096];
+	ssize_t n;
+	int rc, reload = 0;
 
 	spec = s;
+	/* The path, not /proc/self/exe, so a reload runs the binary now on disk. */
+	n = readlink("/proc/self/exe", self, sizeof self - 1);
+	self[n > 0 ? n : 0] = '\0';
 	signal(SIGPIPE, SIG_IGN); /* a client gone is a failed write, not a death */
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = on_wake; /* no SA_RESTART: accept() must fail with EINTR */
@@ -211,11 +239,13 @@ int server_main(const struct server_spec *s)
 		log_warn("metrics unavailable in this process");
 	if (s->caps_streams && limits_open(config.workers) < 0)
 		log_warn("the per-user stream cap is not enforced in this process");
-	rc = run_workers();
+	rc = run_workers(&reload);
 	limits_close();
 	metrics_close();
 	db_pool_free();
 	upstream_global_cleanup();
 	config_free();
-	return rc == 0 ? 0 : 1;
+	if (reload && rc == 0 && self[0])
+		reexec(self); /* returns only on failure */
+	return rc == 0 && !reload ? 0 : 1;
 }
