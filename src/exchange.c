@@ -29,6 +29,19 @@ static int is_space(char c)
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
+static const char bad_query[] =
+	"Malformed query string: bad percent-encoding or not UTF-8.";
+
+static int message_too_long(struct exchange *ex)
+{
+	char msg[96];
+
+	snprintf(msg, sizeof msg, "Ensure this field has no more than %zu bytes.",
+		 config.message_max);
+	resp_field_error(ex->r, "message", msg);
+	return -1;
+}
+
 /* Copy the message, trimmed as DRF's CharField trims it, and check it. */
 static int take_message(struct exchange *ex, const char *text, size_t n)
 {
@@ -38,13 +51,8 @@ static int take_message(struct exchange *ex, const char *text, size_t n)
 		n--;
 	if (n == 0)
 		return resp_field_error(ex->r, "message", "This field may not be blank."), -1;
-	if (n > config.message_max) {
-		char msg[96];
-
-		snprintf(msg, sizeof msg, "Ensure this field has no more than %zu bytes.",
-			 config.message_max);
-		return resp_field_error(ex->r, "message", msg), -1;
-	}
+	if (n > config.message_max)
+		return message_too_long(ex);
 	if (buf_append(&ex->message, text, n) != BUF_OK)
 		return resp_json(ex->r, 500, NULL), -1;
 	return 0;
@@ -70,9 +78,11 @@ static int read_input_query(struct exchange *ex)
 	buf_init(&v, config.message_max * 3 + 1024);
 	found = request_query(ex->r, "message", &v);
 	if (found < 0) {
-		/* Either bad %-encoding / not UTF-8, or over the cap. */
-		rc = v.len >= v.max ? resp_field_error(ex->r, "message", "Message too long.")
-				    : resp_detail(ex->r, 400, "Malformed query string: bad percent-encoding or not UTF-8.");
+		/* Either bad %-encoding / not UTF-8, or past the buffer's cap. */
+		if (v.len >= v.max)
+			message_too_long(ex);
+		else
+			resp_detail(ex->r, 400, bad_query);
 		goto fail;
 	}
 	if (!found) {
@@ -83,7 +93,7 @@ static int read_input_query(struct exchange *ex)
 		goto fail;
 	found = request_query(ex->r, "conversation_id", &v);
 	if (found < 0) {
-		resp_detail(ex->r, 400, "Malformed query string: bad percent-encoding or not UTF-8.");
+		resp_detail(ex->r, 400, bad_query);
 		goto fail;
 	}
 	rc = take_conversation(ex, found ? buf_str(&v) : NULL);
