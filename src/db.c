@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "log.h"
 
@@ -20,6 +21,8 @@
 
 struct db {
 	sqlite3 *conn;
+	dev_t dev;   /* the file this connection opened */
+	ino_t ino;
 	int in_use;
 	int nstmt;
 	struct {
@@ -41,6 +44,7 @@ static struct {
 static int db_connect(struct db *d, const char *path, int create)
 {
 	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
+	struct stat st;
 	int rc;
 
 	if (create)
@@ -50,6 +54,10 @@ static int db_connect(struct db *d, const char *path, int create)
 		log_error("cannot open database %s: %s", path,
 			  d->conn ? sqlite3_errmsg(d->conn) : sqlite3_errstr(rc));
 		goto fail;
+	}
+	if (stat(path, &st) == 0) {
+		d->dev = st.st_dev;
+		d->ino = st.st_ino;
 	}
 	sqlite3_busy_timeout(d->conn, 5000);
 	sqlite3_extended_result_codes(d->conn, 1);
@@ -126,6 +134,13 @@ void db_pool_free(void)
 	pool.size = 0;
 }
 
+static int same_file(const struct db *d, const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 && st.st_dev == d->dev && st.st_ino == d->ino;
+}
+
 struct db *db_acquire(void)
 {
 	struct db *d = NULL;
@@ -147,6 +162,13 @@ struct db *db_acquire(void)
 	d->in_use = 1;
 	pthread_mutex_unlock(&pool.lock);
 
+	/* A connection keeps writing to a file that was deleted or replaced
+	 * under it, and those writes would be lost: reconnect instead (and
+	 * fail if the file is gone). */
+	if (d->conn && !same_file(d, pool.path)) {
+		log_warn("database file %s was replaced or removed; reconnecting", pool.path);
+		db_disconnect(d);
+	}
 	/* Connecting happens outside the lock: it touches the disk. */
 	if (!d->conn && db_connect(d, pool.path, 0) < 0) {
 		db_release(d);

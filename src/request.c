@@ -272,25 +272,38 @@ static int json_has_duplicate_key(const cJSON *obj)
 	return 0;
 }
 
-static int starts_with_ci(const char *s, const char *prefix)
+/* Is the media type of a Content-Type value `type` (parameters such as
+ * "; charset=utf-8" allowed; "application/jsonlines" is not JSON)? */
+static int media_type_is(const char *value, const char *type)
 {
-	return strncasecmp(s, prefix, strlen(prefix)) == 0;
+	size_t n = strlen(type);
+
+	while (*value == ' ' || *value == '\t')
+		value++;
+	if (strncasecmp(value, type, n) != 0)
+		return 0;
+	value += n;
+	while (*value == ' ' || *value == '\t')
+		value++;
+	return *value == '\0' || *value == ';';
 }
 
 int request_decode_body(const char *body, size_t n, const char *type,
 			cJSON **data, char *reason, size_t reasonlen)
 {
+	const char *end = NULL;
+
 	*data = NULL;
 	if (!type)
 		type = "";
-	if (starts_with_ci(type, "application/x-www-form-urlencoded")) {
+	if (media_type_is(type, "application/x-www-form-urlencoded")) {
 		*data = form_to_json(body, n);
 		if (*data)
 			return 0;
 		snprintf(reason, reasonlen, "Form parse error - invalid encoding or not UTF-8.");
 		return 400;
 	}
-	if (*type && !starts_with_ci(type, "application/json")) {
+	if (*type && !media_type_is(type, "application/json")) {
 		size_t i, len = strcspn(type, ";");
 
 		/* The header is the client's: echo a short, printable prefix. */
@@ -316,9 +329,13 @@ int request_decode_body(const char *body, size_t n, const char *type,
 		snprintf(reason, reasonlen, "JSON parse error - NUL characters (\\u0000) are not allowed.");
 		return 400;
 	}
-	*data = cJSON_ParseWithLength(body, n);
-	if (!*data) {
+	*data = cJSON_ParseWithLengthOpts(body, n, &end, 0);
+	if (*data) /* only white space may follow the value */
+		end += strspn(end, " \t\r\n");
+	if (!*data || end != body + n) {
 		snprintf(reason, reasonlen, "JSON parse error - malformed JSON.");
+		cJSON_Delete(*data);
+		*data = NULL;
 		return 400;
 	}
 	if (!cJSON_IsObject(*data)) {
