@@ -40,6 +40,9 @@ help:
 	@echo "make test       install what tests need, build, run unit + integration tests"
 	@echo "make asan       the integration tests against an ASan + UBSan build"
 	@echo "make valgrind   memcheck each responder over many requests"
+	@echo "make bench      relay overhead against nginx proxying straight to the upstream (BENCH_QUICK=1: small)"
+	@echo "make fuzz       libFuzzer on the parsers (FUZZ_SECONDS per target, default 60)"
+	@echo "make soak       mixed traffic for SOAK_SECONDS (default 600), responder RSS drift"
 	@echo "make deps       install missing Debian packages (as root)"
 	@echo "make format     clang-format the C sources"
 	@echo "make clean      remove build products"
@@ -74,6 +77,9 @@ $(BIN)/jarvas-admin: $(BUILD)/main_admin.o $(BUILD)/libjarvas.a
 tests/fake_ollama: tests/fake_ollama.c
 	$(CC) $(filter-out -D_GNU_SOURCE -MMD -MP -Isrc,$(CFLAGS)) -o $@ $< -lcjson
 
+tests/bench/loadgen: tests/bench/loadgen.c
+	$(CC) -O2 -g -Wall -Wextra -Werror -o $@ $< -lm
+
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libjarvas.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
@@ -101,6 +107,20 @@ integration: all
 test: deps-test
 	@$(MAKE) --no-print-directory all unit
 	@$(MAKE) --no-print-directory integration
+	FUZZ_SECONDS=5 tests/fuzz/run.sh
+
+valgrind: deps-test
+	@$(MAKE) --no-print-directory all
+	tests/valgrind/run.sh
+
+bench: all tests/bench/loadgen
+	tests/bench/bench.sh
+
+fuzz: deps-test
+	tests/fuzz/run.sh
+
+soak: all
+	python3 tests/soak/soak.py
 
 asan: deps-test
 	@rm -f build/asan/asan.* build/asan/ubsan.*
@@ -118,6 +138,6 @@ format:
 	clang-format -i src/*.c src/*.h tests/*.c tests/unit/*.c
 
 clean:
-	rm -rf build $(PROGRAMS) tests/fake_ollama
+	rm -rf build $(PROGRAMS) tests/fake_ollama tests/bench/loadgen
 
 -include $(LIB_OBJ:.o=.d) $(MAINS:src/%.c=$(BUILD)/%.d)

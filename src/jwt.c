@@ -141,10 +141,12 @@ int jwt_verify(const char *token, const unsigned char *key, size_t keylen,
 		goto out;
 	if (claim_int(payload, "iat", &claims->iat) < 0)
 		claims->iat = 0;
+	/* SimpleJWT: "Token has no id". */
 	jti = cJSON_GetObjectItemCaseSensitive(payload, "jti");
-	claims->jti[0] = '\0';
-	if (cJSON_IsString(jti) && strlen(jti->valuestring) < sizeof claims->jti)
-		memcpy(claims->jti, jti->valuestring, strlen(jti->valuestring) + 1);
+	if (!cJSON_IsString(jti) || !jti->valuestring[0] ||
+	    strlen(jti->valuestring) >= sizeof claims->jti)
+		goto out;
+	memcpy(claims->jti, jti->valuestring, strlen(jti->valuestring) + 1);
 	if (claims->exp <= (long long)now)
 		goto out;
 	rc = 0;

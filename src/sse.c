@@ -70,6 +70,10 @@ int sse_start(struct sse *s)
 	if (resp_headers(s->r, 200, "text/event-stream; charset=utf-8", -1,
 			 "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") < 0)
 		return -1;
+	/* nginx holds the headers back until body bytes follow; a comment
+	 * gets them to the browser now, not with the first token. */
+	if (resp_write(s->r, ": connected\n\n", 13) < 0)
+		return -1;
 	return resp_flush(s->r);
 }
 

@@ -89,6 +89,8 @@ static void test_rejects(void)
 		{ "{\"alg\":\"HS256\"}", "{\"token_type\":\"access\",\"exp\":\"soon\",\"user_id\":1}" },
 		{ "{\"alg\":\"HS256\"}", "{\"token_type\":\"access\",\"exp\":9999999999}" },
 		{ "{\"alg\":\"HS256\"}", "[1,2]" },
+		/* SimpleJWT: "Token has no id". */
+		{ "{\"alg\":\"HS256\"}", "{\"token_type\":\"access\",\"exp\":9999999999,\"user_id\":1}" },
 	};
 	struct jwt_claims c;
 	char *t;
