@@ -174,26 +174,36 @@ int url_decode(const char *s, size_t n, struct buf *out)
 
 int form_lookup(const char *qs, const char *name, struct buf *out)
 {
-	size_t namelen = strlen(name);
-	const char *p = qs;
+	const char *p = qs, *value = NULL;
+	size_t valuelen = 0;
+	struct buf key;
+	int found = 0;
 
+	/* Keys are decoded before they are compared ("conversation%5Fid" is
+	 * conversation_id).  A key given twice is refused: which one the
+	 * client meant is a guess, as with duplicate JSON keys. */
+	buf_init(&key, 256);
 	while (p && *p) {
 		const char *amp = strchr(p, '&');
 		size_t len = amp ? (size_t)(amp - p) : strlen(p);
 		const char *eq = memchr(p, '=', len);
 		size_t keylen = eq ? (size_t)(eq - p) : len;
 
-		/* Keys are compared raw: our parameter names need no escaping. */
-		if (keylen == namelen && memcmp(p, name, namelen) == 0) {
-			if (!eq) {
-				buf_reset(out);
-				return 1;
+		if (keylen < key.max && url_decode(p, keylen, &key) == 0 &&
+		    strcmp(buf_str(&key), name) == 0) {
+			if (found++) {
+				buf_free(&key);
+				return -1;
 			}
-			return url_decode(eq + 1, len - keylen - 1, out) < 0 ? -1 : 1;
+			value = eq ? eq + 1 : "";
+			valuelen = eq ? len - keylen - 1 : 0;
 		}
 		p = amp ? amp + 1 : NULL;
 	}
-	return 0;
+	buf_free(&key);
+	if (!found)
+		return 0;
+	return url_decode(value, valuelen, out) < 0 ? -1 : 1;
 }
 
 int request_query(const struct request *r, const char *name, struct buf *out)
@@ -240,20 +250,31 @@ fail:
 	return NULL;
 }
 
-/* cJSON turns "\u0000" into a C string that ends early: a message would be
- * silently cut.  Reject it instead (backslashes only occur in strings). */
-static int json_has_escaped_nul(const char *s, size_t n)
+/* What cJSON lets through but JSON forbids or we cannot keep, inside
+ * strings: a raw control byte (JSON requires it escaped), and "\u0000",
+ * which cJSON turns into a C string that ends early, silently cutting a
+ * message.  NULL when the body is clean, else the reason. */
+static const char *json_string_problem(const char *s, size_t n)
 {
+	int in_string = 0;
 	size_t i;
 
-	for (i = 0; i + 1 < n; i++) {
-		if (s[i] != '\\')
-			continue;
-		if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0)
-			return 1;
-		i++; /* skip the escaped character */
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (!in_string) {
+			in_string = c == '"';
+		} else if (c == '"') {
+			in_string = 0;
+		} else if (c < 0x20) {
+			return "JSON parse error - control characters in strings must be escaped.";
+		} else if (c == '\\' && i + 1 < n) {
+			if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0)
+				return "JSON parse error - NUL characters (\\u0000) are not allowed.";
+			i++; /* the escaped character */
+		}
 	}
-	return 0;
+	return NULL;
 }
 
 /* Which of two "message" keys is meant is a guess; refuse to guess.  Our
@@ -291,7 +312,7 @@ static int media_type_is(const char *value, const char *type)
 int request_decode_body(const char *body, size_t n, const char *type,
 			cJSON **data, char *reason, size_t reasonlen)
 {
-	const char *end = NULL;
+	const char *end = NULL, *problem;
 
 	*data = NULL;
 	if (!type)
@@ -325,8 +346,8 @@ int request_decode_body(const char *body, size_t n, const char *type,
 		snprintf(reason, reasonlen, "JSON parse error - body is not valid UTF-8 or contains NUL bytes.");
 		return 400;
 	}
-	if (json_has_escaped_nul(body, n)) {
-		snprintf(reason, reasonlen, "JSON parse error - NUL characters (\\u0000) are not allowed.");
+	if ((problem = json_string_problem(body, n)) != NULL) {
+		snprintf(reason, reasonlen, "%s", problem);
 		return 400;
 	}
 	*data = cJSON_ParseWithLengthOpts(body, n, &end, 0);

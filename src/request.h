@@ -50,7 +50,7 @@ const char *request_param(const struct request *r, const char *name);
 int request_parse_body(struct request *r);
 
 /* Look up a query-string parameter, percent-decoded into out.
- * 1 found, 0 absent, -1 malformed encoding or not UTF-8. */
+ * 1 found, 0 absent, -1 malformed encoding, not UTF-8, or given twice. */
 int request_query(const struct request *r, const char *name, struct buf *out);
 
 /* Milliseconds since the request started. */

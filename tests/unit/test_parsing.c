@@ -48,6 +48,9 @@ static void test_form_lookup(void)
 	CHECK(form_lookup("message=hi", "conversation_id", &b) == 0);
 	CHECK(form_lookup("xmessage=no&message=yes", "message", &b) == 1);
 	CHECK_STR(buf_str(&b), "yes");
+	CHECK(form_lookup("message=a&message=b", "message", &b) == -1); /* twice */
+	CHECK(form_lookup("conversation%5Fid=c2", "conversation_id", &b) == 1);
+	CHECK_STR(buf_str(&b), "c2");
 	CHECK(form_lookup("message", "message", &b) == 1);
 	CHECK_STR(buf_str(&b), "");
 	CHECK(form_lookup("message=%G1", "message", &b) == -1);
