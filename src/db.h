@@ -19,6 +19,11 @@ struct db;
 int db_pool_init(const char *path, int size);
 void db_pool_free(void);
 
+/* Checkpoint the WAL from a thread of its own, every second, instead of
+ * inside requests (pool connections do not auto-checkpoint).  0 or -1. */
+int db_checkpointer_start(void);
+void db_checkpointer_stop(void);
+
 /* A connection, waiting for a free one; NULL when the database cannot be
  * opened (the reason is logged). */
 struct db *db_acquire(void);

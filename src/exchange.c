@@ -156,9 +156,22 @@ static int read_input_body(struct exchange *ex)
 	return take_conversation(ex, rc ? conversation : NULL);
 }
 
-/* Reads, then one short write transaction: reserve the ids and record
- * the prompt-cache hit (or the newly built prompt). */
-static int load_context(struct exchange *ex)
+/* The writes every exchange makes once: its two message ids and the
+ * prompt-cache hit (or the newly built prompt).  In the caller's write
+ * transaction. */
+static int reserve(struct exchange *ex, struct db *d)
+{
+	if (history_reserve_ids(d, &ex->user_msg_id, &ex->message_id) < 0 ||
+	    prompt_record(d, &ex->prompt) < 0)
+		return -1;
+	ex->reserved = 1;
+	return 0;
+}
+
+/* Reads; then, for a stream, whose events carry the message id from the
+ * start, a short write transaction to reserve.  A non-stream exchange
+ * reserves in the same transaction that stores it: one write, not two. */
+static int load_context(struct exchange *ex, int reserve_now)
 {
 	struct db *d = db_acquire();
 
@@ -168,9 +181,7 @@ static int load_context(struct exchange *ex)
 			 &ex->history) < 0 ||
 	    prompt_get(d, &ex->user, &ex->prompt) < 0)
 		goto fail;
-	if (db_begin(d) < 0 ||
-	    history_reserve_ids(d, &ex->user_msg_id, &ex->message_id) < 0 ||
-	    prompt_record(d, &ex->prompt) < 0 || db_commit(d) < 0)
+	if (reserve_now && (db_begin(d) < 0 || reserve(ex, d) < 0 || db_commit(d) < 0))
 		goto fail;
 	db_release(d);
 	return 0;
@@ -213,7 +224,7 @@ int exchange_begin(struct exchange *ex, struct request *r, int from_query,
 		return -1;
 	if (stream_slot >= 0 && admit_stream(ex, stream_slot) < 0)
 		return -1;
-	if (load_context(ex) < 0) {
+	if (load_context(ex, stream_slot >= 0) < 0) {
 		resp_detail(r, 503, "Database unavailable, please retry.");
 		return -1;
 	}
@@ -286,10 +297,14 @@ int exchange_store(struct exchange *ex, int complete)
 	d = db_acquire();
 	if (!d)
 		return -1;
-	rc = history_store(d, ex->user.id, ex->conversation, ex->user_msg_id,
+	rc = db_begin(d) == 0 && (ex->reserved || reserve(ex, d) == 0) &&
+	     history_store(d, ex->user.id, ex->conversation, ex->user_msg_id,
 			   buf_str(&ex->message), ex->message_id, buf_str(&ex->reply),
-			   ex->reply.len, complete);
-	db_release(d);
+			   ex->reply.len, complete) == 0 &&
+	     db_commit(d) == 0 ? 0 : -1;
+	if (rc < 0)
+		log_error("storing exchange of user %lld failed: %s", ex->user.id, db_errmsg(d));
+	db_release(d); /* rolls back what failed */
 	return rc;
 }
 

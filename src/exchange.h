@@ -3,7 +3,8 @@
  * chat (whole reply as JSON) and chat_stream (SSE) share.
  *
  *   exchange_begin   authenticate, validate, load the last N messages and
- *                    the system prompt, reserve the message ids
+ *                    the system prompt; for a stream, reserve the message
+ *                    ids (a non-stream exchange does it when it stores)
  *   exchange_run     call the model; every piece of text goes to the
  *                    caller's callback and into ex->reply
  *   exchange_store   write the user message and ex->reply together
@@ -31,6 +32,7 @@ struct exchange {
 	struct prompt prompt;
 	long long user_msg_id;
 	long long message_id;    /* id of the reply */
+	int reserved;            /* the ids above are set */
 	struct buf reply;        /* everything sent on to the client */
 	struct upstream_result result;
 	int stream_slot;         /* limits slot held, or -1 */

@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
 
 int history_conversation_valid(const char *id)
 {
@@ -171,19 +170,12 @@ int history_store(struct db *d, long long user_id, const char *conversation,
 		  long long reply_id, const char *reply_text, size_t reply_len,
 		  int complete)
 {
-	if (db_begin(d) < 0)
-		goto fail;
 	if (insert_message(d, user_msg_id, user_id, conversation, "user", user_text,
 			   strlen(user_text), 1) < 0 ||
 	    insert_message(d, reply_id, user_id, conversation, "assistant", reply_text,
-			   reply_len, complete) < 0 ||
-	    db_commit(d) < 0)
-		goto fail;
+			   reply_len, complete) < 0)
+		return -1;
 	return 0;
-fail:
-	log_error("storing exchange %lld failed: %s", reply_id, db_errmsg(d));
-	db_rollback(d);
-	return -1;
 }
 
 int history_delete(struct db *d, long long user_id, const char *conversation)

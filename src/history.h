@@ -4,7 +4,7 @@
  * and deleting a conversation.
  *
  * Invariant: a user message and the reply it got are written in one
- * transaction, so history never holds half an exchange.  Every query is
+ * transaction (the caller's), so history never holds half an exchange.  Every query is
  * scoped by user_id: no function here can reach another user's rows.
  */
 #ifndef JARVAS_HISTORY_H
@@ -42,7 +42,8 @@ cJSON *history_list(struct db *d, long long user_id, const char *conversation);
  * write transaction.  0 or -1. */
 int history_reserve_ids(struct db *d, long long *user_msg_id, long long *reply_id);
 
-/* Store both messages in one transaction.  0 or -1. */
+/* Store both messages.  Must run inside the caller's write transaction,
+ * which is what makes the pair atomic.  0 or -1. */
 int history_store(struct db *d, long long user_id, const char *conversation,
 		  long long user_msg_id, const char *user_text,
 		  long long reply_id, const char *reply_text, size_t reply_len,

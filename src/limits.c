@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -30,6 +32,22 @@ struct slots_file {
 /* Mapped once before threads start; slots are touched atomically. */
 static struct slots_file *mine;
 static size_t mine_size;
+
+/* Other processes' files, mapped once and kept: mapping and unmapping on
+ * every new stream cost more than the rest of a stream's start.  The list
+ * is refreshed from the directory at most once a second, which is how
+ * soon a new process is seen.  Guarded by peers.lock. */
+#define MAX_PEERS 256
+static struct {
+	pthread_mutex_t lock;
+	struct {
+		pid_t pid;
+		const struct slots_file *f;
+		size_t size;
+	} p[MAX_PEERS];
+	int n;
+	time_t refreshed;
+} peers = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static int path_for(char *out, size_t cap, const char *name)
 {
@@ -100,6 +118,13 @@ void limits_close(void)
 {
 	char path[4096], name[64];
 
+	pthread_mutex_lock(&peers.lock);
+	while (peers.n > 0) {
+		peers.n--;
+		munmap((void *)peers.p[peers.n].f, peers.p[peers.n].size);
+	}
+	peers.refreshed = 0;
+	pthread_mutex_unlock(&peers.lock);
 	if (!mine)
 		return;
 	munmap(mine, mine_size);
@@ -109,43 +134,88 @@ void limits_close(void)
 		unlink(path);
 }
 
-/* How many slots of live processes hold user_id. */
-static int count_user(long long user_id)
+static int peer_known(pid_t pid)
+{
+	for (int i = 0; i < peers.n; i++)
+		if (peers.p[i].pid == pid)
+			return 1;
+	return 0;
+}
+
+static void peer_map(pid_t pid, const char *path)
+{
+	const struct slots_file *f;
+	struct stat st;
+	int fd;
+
+	if (peers.n == MAX_PEERS || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return;
+	if (fstat(fd, &st) < 0 || (size_t)st.st_size < sizeof *f) {
+		close(fd);
+		return;
+	}
+	f = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (f == MAP_FAILED)
+		return;
+	peers.p[peers.n].pid = pid;
+	peers.p[peers.n].f = f;
+	peers.p[peers.n].size = (size_t)st.st_size;
+	peers.n++;
+}
+
+/* peers.lock held. */
+static void refresh_peers(void)
 {
 	char path[4096];
 	struct dirent *de;
+	time_t now = time(NULL);
 	DIR *dir;
-	int count = 0;
+	int i;
 
+	if (now == peers.refreshed)
+		return;
+	peers.refreshed = now;
+	for (i = 0; i < peers.n; i++) {
+		if (alive(peers.p[i].pid))
+			continue;
+		munmap((void *)peers.p[i].f, peers.p[i].size);
+		peers.p[i--] = peers.p[--peers.n];
+	}
 	if (path_for(path, sizeof path, "") < 0 || !(dir = opendir(path)))
-		return 0;
+		return;
 	while ((de = readdir(dir)) != NULL) {
-		const struct slots_file *f;
-		struct stat st;
 		pid_t pid = pid_of_name(de->d_name);
-		int fd;
 
-		if (!pid || (pid != getpid() && !alive(pid)) ||
-		    path_for(path, sizeof path, de->d_name) < 0)
-			continue;
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		if (fstat(fd, &st) < 0 || (size_t)st.st_size < sizeof *f) {
-			close(fd);
-			continue;
-		}
-		f = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-		close(fd);
-		if (f == MAP_FAILED)
-			continue;
-		if (__atomic_load_n(&f->magic, __ATOMIC_ACQUIRE) == LIMITS_MAGIC &&
-		    sizeof *f + (size_t)f->nslots * sizeof f->user[0] <= (size_t)st.st_size)
-			for (int64_t i = 0; i < f->nslots; i++)
-				count += __atomic_load_n(&f->user[i], __ATOMIC_ACQUIRE) == user_id;
-		munmap((void *)f, (size_t)st.st_size);
+		if (pid && pid != getpid() && !peer_known(pid) && alive(pid) &&
+		    path_for(path, sizeof path, de->d_name) == 0)
+			peer_map(pid, path);
 	}
 	closedir(dir);
+}
+
+static int count_in(const struct slots_file *f, size_t size, long long user_id)
+{
+	int count = 0;
+
+	if (__atomic_load_n(&f->magic, __ATOMIC_ACQUIRE) != LIMITS_MAGIC ||
+	    sizeof *f + (size_t)f->nslots * sizeof f->user[0] > size)
+		return 0;
+	for (int64_t i = 0; i < f->nslots; i++)
+		count += __atomic_load_n(&f->user[i], __ATOMIC_ACQUIRE) == user_id;
+	return count;
+}
+
+/* How many slots of live processes (this one included) hold user_id. */
+static int count_user(long long user_id)
+{
+	int count = count_in(mine, mine_size, user_id);
+
+	pthread_mutex_lock(&peers.lock);
+	refresh_peers();
+	for (int i = 0; i < peers.n; i++)
+		count += count_in(peers.p[i].f, peers.p[i].size, user_id);
+	pthread_mutex_unlock(&peers.lock);
 	return count;
 }
 

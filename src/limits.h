@@ -8,7 +8,8 @@
  * then counts that user's slots in every live process, so two racing
  * requests can both be refused but never both admitted past the cap.  A
  * process that dies takes its slots with it: files of dead pids are not
- * counted, so nothing leaks.
+ * counted, so nothing leaks.  Other processes' files stay mapped; a new
+ * process is seen within a second.
  */
 #ifndef JARVAS_LIMITS_H
 #define JARVAS_LIMITS_H

@@ -237,9 +237,12 @@ int server_main(const struct server_spec *s)
 	}
 	if (metrics_open() < 0)
 		log_warn("metrics unavailable in this process");
+	if (db_checkpointer_start() < 0)
+		log_warn("no checkpointer thread: the WAL is checkpointed by jarvas-admin init only");
 	if (s->caps_streams && limits_open(config.workers) < 0)
 		log_warn("the per-user stream cap is not enforced in this process");
 	rc = run_workers(&reload);
+	db_checkpointer_stop();
 	limits_close();
 	metrics_close();
 	db_pool_free();

@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,13 +56,46 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* One connection cache for every worker of the process: a thread that
+ * starts a stream takes any idle connection to the model server instead of
+ * opening its own.  curl calls these locks around the shared cache. */
+static CURLSH *share;
+static pthread_mutex_t share_lock = PTHREAD_MUTEX_INITIALIZER; /* guards share's data */
+
+static void share_lock_fn(CURL *h, curl_lock_data what, curl_lock_access how, void *ctx)
+{
+	(void)h, (void)what, (void)how, (void)ctx;
+	pthread_mutex_lock(&share_lock);
+}
+
+static void share_unlock_fn(CURL *h, curl_lock_data what, void *ctx)
+{
+	(void)h, (void)what, (void)ctx;
+	pthread_mutex_unlock(&share_lock);
+}
+
 int upstream_global_init(void)
 {
-	return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		return -1;
+	share = curl_share_init();
+	if (!share || curl_share_setopt(share, CURLSHOPT_LOCKFUNC, share_lock_fn) ||
+	    curl_share_setopt(share, CURLSHOPT_UNLOCKFUNC, share_unlock_fn) ||
+	    curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT)) {
+		/* Each handle then keeps its own connection: slower, still right. */
+		log_warn("curl connection sharing unavailable");
+		if (share)
+			curl_share_cleanup(share);
+		share = NULL;
+	}
+	return 0;
 }
 
 void upstream_global_cleanup(void)
 {
+	if (share)
+		curl_share_cleanup(share);
+	share = NULL;
 	curl_global_cleanup();
 }
 
@@ -336,6 +370,12 @@ int upstream_chat(struct worker *w, const struct upstream_call *call,
 	curl_easy_setopt(u->curl, CURLOPT_CONNECTTIMEOUT, (long)config.upstream_connect_timeout);
 	curl_easy_setopt(u->curl, CURLOPT_ERRORBUFFER, s.curl_error);
 	curl_easy_setopt(u->curl, CURLOPT_TCP_KEEPALIVE, 1L);
+	/* Ollama's lines are a few hundred bytes: 16 KiB per stream is waste. */
+	curl_easy_setopt(u->curl, CURLOPT_BUFFERSIZE, 4096L);
+	if (share) {
+		curl_easy_setopt(u->curl, CURLOPT_SHARE, share);
+		curl_easy_setopt(u->curl, CURLOPT_MAXCONNECTS, 1024L);
+	}
 
 	cc = curl_easy_perform(u->curl);
 	res->http_status = s.http_status;
