@@ -122,24 +122,27 @@ fail:
 
 int history_reserve_ids(struct db *d, long long *user_msg_id, long long *reply_id)
 {
-	static const char sql[] =
-		"UPDATE sequences SET value = value + 2 WHERE name = 'message' RETURNING value";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	/* Two statements, not UPDATE ... RETURNING: RETURNING builds a
+	 * temporary table (and its page cache) on every run. */
+	static const char sql_bump[] =
+		"UPDATE sequences SET value = value + 2 WHERE name = 'message'";
+	static const char sql_read[] = "SELECT value FROM sequences WHERE name = 'message'";
+	sqlite3_stmt *st = db_stmt(d, sql_bump);
 	int rc;
 
 	if (!st)
+		return -1;
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE || !(st = db_stmt(d, sql_read)))
 		return -1;
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		*reply_id = sqlite3_column_int64(st, 0);
 		*user_msg_id = *reply_id - 1;
 	}
-	/* RETURNING: the update is done only once the statement is stepped
-	 * to its end. */
-	while (rc == SQLITE_ROW)
-		rc = sqlite3_step(st);
 	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : -1;
+	return rc == SQLITE_ROW ? 0 : -1;
 }
 
 static int insert_message(struct db *d, long long id, long long user_id,

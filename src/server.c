@@ -16,6 +16,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -39,9 +40,54 @@ static const struct server_spec *spec; /* set before threads start */
 struct worker_slot {
 	pthread_t thread;
 	struct worker w;
+	pthread_cond_t turn; /* signalled when this worker may accept */
 	int idle;   /* atomic: blocked (or about to block) in accept */
 	int exited; /* atomic */
 };
+
+/* One worker at a time waits in accept(); the others wait on a stack, and
+ * the one that finished its request last is the next to accept.  Plain
+ * accept() would hand connections round-robin to every thread in turn, so
+ * that each of hundreds of threads has its stack, heap and curl handle
+ * cold; a stack keeps a few warm ones busy.  Guarded by turns.lock. */
+static struct {
+	pthread_mutex_t lock;
+	int accepting;               /* a worker is in accept() */
+	struct worker_slot **waiting; /* stack, top at n - 1 */
+	int n;
+} turns = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* Wait until it is this worker's turn to accept.  0, or -1 when stopping. */
+static int take_turn(struct worker_slot *slot)
+{
+	pthread_mutex_lock(&turns.lock);
+	while (turns.accepting && !stopping) {
+		turns.waiting[turns.n++] = slot;
+		pthread_cond_wait(&slot->turn, &turns.lock);
+	}
+	turns.accepting = !stopping;
+	pthread_mutex_unlock(&turns.lock);
+	return stopping ? -1 : 0;
+}
+
+/* Done accepting: wake the worker on top of the stack. */
+static void pass_turn(void)
+{
+	pthread_mutex_lock(&turns.lock);
+	turns.accepting = 0;
+	if (turns.n > 0)
+		pthread_cond_signal(&turns.waiting[--turns.n]->turn);
+	pthread_mutex_unlock(&turns.lock);
+}
+
+/* Stopping: wake everybody waiting for a turn. */
+static void wake_all(void)
+{
+	pthread_mutex_lock(&turns.lock);
+	while (turns.n > 0)
+		pthread_cond_signal(&turns.waiting[--turns.n]->turn);
+	pthread_mutex_unlock(&turns.lock);
+}
 
 int server_stopping(void)
 {
@@ -106,12 +152,16 @@ static void *worker_main(void *arg)
 		goto out;
 	}
 	for (;;) {
+		int rc;
+
+		if (take_turn(slot) < 0)
+			break;
 		__atomic_store_n(&slot->idle, 1, __ATOMIC_SEQ_CST);
-		if (stopping)
-			break;
-		if (FCGX_Accept_r(&w->fcgx) < 0)
-			break;
+		rc = stopping ? -1 : FCGX_Accept_r(&w->fcgx);
 		__atomic_store_n(&slot->idle, 0, __ATOMIC_SEQ_CST);
+		pass_turn();
+		if (rc < 0)
+			break;
 		request_begin(&r, &w->fcgx, w);
 		dispatch(&r);
 		request_end(&r);
@@ -135,8 +185,12 @@ static int run_workers(int *reload)
 	int i, started = 0, sig, rc = 0;
 
 	slots = calloc((size_t)config.workers, sizeof *slots);
-	if (!slots)
+	turns.waiting = calloc((size_t)config.workers, sizeof *turns.waiting);
+	if (!slots || !turns.waiting) {
+		free(slots);
+		free(turns.waiting);
 		return -1;
+	}
 	/* Workers inherit this mask: only the main thread takes SIGTERM. */
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
@@ -148,6 +202,7 @@ static int run_workers(int *reload)
 	pthread_attr_setstacksize(&attr, config.stack_size);
 	for (i = 0; i < config.workers; i++) {
 		slots[i].w.id = i;
+		pthread_cond_init(&slots[i].turn, NULL);
 		if (pthread_create(&slots[i].thread, &attr, worker_main, &slots[i]) != 0) {
 			log_error("cannot start worker %d: %s", i, strerror(errno));
 			rc = -1;
@@ -170,6 +225,7 @@ static int run_workers(int *reload)
 		int left = 0;
 		struct timespec tick = { 0, 50 * 1000 * 1000 };
 
+		wake_all();
 		for (i = 0; i < started; i++) {
 			if (__atomic_load_n(&slots[i].exited, __ATOMIC_SEQ_CST))
 				continue;
@@ -183,7 +239,12 @@ static int run_workers(int *reload)
 	}
 	for (i = 0; i < started; i++)
 		pthread_join(slots[i].thread, NULL);
+	for (i = 0; i < config.workers; i++)
+		pthread_cond_destroy(&slots[i].turn);
 	free(slots);
+	free(turns.waiting);
+	turns.waiting = NULL;
+	turns.n = turns.accepting = 0;
 	return rc;
 }
 
@@ -210,6 +271,12 @@ int server_main(const struct server_spec *s)
 	int rc, reload = 0;
 
 	spec = s;
+	/* Keep freed memory in the process: glibc's default gives the top of
+	 * each thread arena back after every request and faults it in again
+	 * on the next (page faults and cross-CPU TLB flushes on the hot path).
+	 * Bounded: only what a burst of requests used at once is kept. */
+	mallopt(M_TRIM_THRESHOLD, 64 << 20);
+	mallopt(M_MMAP_THRESHOLD, 4 << 20);
 	/* The path, not /proc/self/exe, so a reload runs the binary now on disk. */
 	n = readlink("/proc/self/exe", self, sizeof self - 1);
 	self[n > 0 ? n : 0] = '\0';
