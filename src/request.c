@@ -374,7 +374,7 @@ int request_decode_body(const char *body, size_t n, const char *type,
 int request_parse_body(struct request *r)
 {
 	const char *len_s = request_param(r, "CONTENT_LENGTH");
-	char chunk[16384], reason[256];
+	char chunk[4096], reason[256]; /* small: worker stacks may be 64 KiB */
 	int got, status;
 
 	if (len_s && *len_s && strtoull(len_s, NULL, 10) > config.body_max)
