@@ -26,6 +26,16 @@ int jwt_b64_decode(const char *s, size_t n, unsigned char *out, size_t cap,
 		   size_t *outlen)
 {
 	const char *end = NULL;
+	size_t i;
+
+	/* libsodium 1.0.18 reads bytes 0x80-0xff as '_': a token would have
+	 * several spellings.  Only the URL-safe alphabet is a token. */
+	for (i = 0; i < n; i++) {
+		char c = s[i];
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+		      (c >= '0' && c <= '9') || c == '-' || c == '_'))
+			return -1;
+	}
 
 	if (sodium_base642bin(out, cap, s, n, NULL, outlen, &end,
 			      sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0)

@@ -211,13 +211,17 @@ int request_query(const struct request *r, const char *name, struct buf *out)
 	return form_lookup(r->query, name, out);
 }
 
-/* Form body → JSON object of strings, so handlers see one shape.  A
- * repeated key keeps its last value, as Django's QueryDict.get does. */
+#define MAX_FIELDS 64 /* our bodies have a handful */
+
+/* Form body → JSON object of strings, so handlers see one shape.  A key
+ * given twice, or more than MAX_FIELDS fields, is refused, as in a JSON
+ * body (and so no lookup here ever scans more than MAX_FIELDS). */
 static cJSON *form_to_json(const char *body, size_t n)
 {
 	cJSON *obj = cJSON_CreateObject();
 	struct buf key, val;
 	size_t i = 0;
+	int fields = 0;
 
 	buf_init(&key, n + 1);
 	buf_init(&val, n + 1);
@@ -234,8 +238,9 @@ static cJSON *form_to_json(const char *body, size_t n)
 				goto fail;
 			if (url_decode(eq ? eq + 1 : "", eq ? len - keylen - 1 : 0, &val) < 0)
 				goto fail;
-			cJSON_DeleteItemFromObjectCaseSensitive(obj, buf_str(&key));
-			if (!cJSON_AddStringToObject(obj, buf_str(&key), buf_str(&val)))
+			if (++fields > MAX_FIELDS ||
+			    cJSON_GetObjectItemCaseSensitive(obj, buf_str(&key)) ||
+			    !cJSON_AddStringToObject(obj, buf_str(&key), buf_str(&val)))
 				goto fail;
 		}
 		i += len + 1;
@@ -277,14 +282,14 @@ static const char *json_string_problem(const char *s, size_t n)
 	return NULL;
 }
 
-/* Which of two "message" keys is meant is a guess; refuse to guess.  Our
- * bodies have a handful of fields, so more than 64 is refused as well,
- * which keeps this pairwise check cheap. */
+/* Which of two "message" keys is meant is a guess; refuse to guess.  More
+ * than MAX_FIELDS is refused as well, which keeps this pairwise check
+ * cheap. */
 static int json_has_duplicate_key(const cJSON *obj)
 {
 	const cJSON *a, *b;
 
-	if (cJSON_GetArraySize(obj) > 64)
+	if (cJSON_GetArraySize(obj) > MAX_FIELDS)
 		return 1;
 	for (a = obj->child; a; a = a->next)
 		for (b = a->next; b; b = b->next)
@@ -321,7 +326,8 @@ int request_decode_body(const char *body, size_t n, const char *type,
 		*data = form_to_json(body, n);
 		if (*data)
 			return 0;
-		snprintf(reason, reasonlen, "Form parse error - invalid encoding or not UTF-8.");
+		snprintf(reason, reasonlen, "Form parse error - invalid encoding, not UTF-8, a "
+			 "field given twice or more than 64 fields.");
 		return 400;
 	}
 	if (*type && !media_type_is(type, "application/json")) {
@@ -351,8 +357,11 @@ int request_decode_body(const char *body, size_t n, const char *type,
 		return 400;
 	}
 	*data = cJSON_ParseWithLengthOpts(body, n, &end, 0);
-	if (*data) /* only white space may follow the value */
-		end += strspn(end, " \t\r\n");
+	/* Only white space may follow the value (bounded: body need not end
+	 * in NUL). */
+	while (*data && end < body + n &&
+	       (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
+		end++;
 	if (!*data || end != body + n) {
 		snprintf(reason, reasonlen, "JSON parse error - malformed JSON.");
 		cJSON_Delete(*data);

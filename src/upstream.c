@@ -183,10 +183,14 @@ int upstream_line_decode(const char *line, size_t n, struct upstream_line *out)
 {
 	const cJSON *msg, *content, *err, *done;
 
+	const char *end = NULL;
+
 	memset(out, 0, sizeof *out);
-	out->json = cJSON_ParseWithLength(line, n);
-	if (!cJSON_IsObject(out->json))
-		return -1;
+	out->json = cJSON_ParseWithLengthOpts(line, n, &end, 0);
+	while (out->json && end < line + n && (*end == ' ' || *end == '\t' || *end == '\r'))
+		end++;
+	if (!cJSON_IsObject(out->json) || end != line + n)
+		return -1; /* not one object, or something after it */
 	err = cJSON_GetObjectItemCaseSensitive(out->json, "error");
 	if (err) {
 		out->error = cJSON_IsString(err) ? err->valuestring

@@ -183,6 +183,46 @@ static void test_buf(void)
 	CHECK_STR(buf_str(&b), "");
 }
 
+static void test_decode_body(void)
+{
+	static const struct { const char *type, *body; int status; } cases[] = {
+		{ "application/json", "{\"message\": \"hi\"}", 0 },
+		{ "application/json; charset=utf-8", "{}\n", 0 },
+		{ NULL, "", 0 },
+		{ "application/json", "{\"a\": 1} x", 400 },         /* trailing data */
+		{ "application/json", "{\"a\": 1}{\"a\": 2}", 400 },
+		{ "application/json", "{\"a\": 1, \"a\": 2}", 400 }, /* duplicate */
+		{ "application/json", "[1]", 400 },
+		{ "application/json", "{\"m\": \"a\x01b\"}", 400 },  /* raw control */
+		{ "application/json", "{\"m\": \"a\\u0000b\"}", 400 },
+		{ "application/jsonlines", "{}", 415 },
+		{ "text/plain", "{}", 415 },
+		{ "application/x-www-form-urlencoded", "a=1&b=%C3%A9", 0 },
+		{ "application/x-www-form-urlencoded", "a=1&a=2", 400 },
+		{ "application/x-www-form-urlencoded", "a=%zz", 400 },
+	};
+	char reason[256];
+	struct buf big;
+	cJSON *data;
+	size_t i;
+
+	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		int status = request_decode_body(cases[i].body, strlen(cases[i].body),
+						 cases[i].type, &data, reason, sizeof reason);
+		CHECK(status == cases[i].status);
+		CHECK((status == 0) == (data != NULL));
+		cJSON_Delete(data);
+	}
+	/* 1 MiB of distinct form keys is refused at once, not hashed through
+	 * for a minute (more than 64 fields). */
+	buf_init(&big, 2u << 20);
+	for (i = 0; big.len < (1u << 20); i++)
+		buf_printf(&big, "%s%zx=", i ? "&" : "", i);
+	CHECK(request_decode_body(big.data, big.len, "application/x-www-form-urlencoded",
+				  &data, reason, sizeof reason) == 400);
+	buf_free(&big);
+}
+
 int main(void)
 {
 	test_url_decode();
@@ -191,5 +231,6 @@ int main(void)
 	test_json_escape();
 	test_utf8();
 	test_buf();
+	test_decode_body();
 	return check_report("test_parsing");
 }
