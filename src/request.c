@@ -236,6 +236,10 @@ static cJSON *form_to_json(const char *body, size_t n)
 		if (len > 0) {
 			if (url_decode(p, keylen, &key) < 0)
 				goto fail;
+			if (key.len == 0) { /* "&=&": nothing anybody meant */
+				i += len + 1;
+				continue;
+			}
 			if (url_decode(eq ? eq + 1 : "", eq ? len - keylen - 1 : 0, &val) < 0)
 				goto fail;
 			if (++fields > MAX_FIELDS ||

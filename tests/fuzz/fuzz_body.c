@@ -149,7 +149,7 @@ static int contains(const char *p, size_t n, const char *needle)
 }
 
 /* A form body's fields, split independently: pairs separated by '&', empty
- * pairs skipped.  -1 when a key or value does not decode, a key is given
+ * pairs and empty names skipped.  -1 when a key or value does not decode, a key is given
  * twice, or there are more than 64 fields.  On success, checks obj holds
  * exactly these fields. */
 static int check_form(const char *body, size_t n, const cJSON *obj)
@@ -171,8 +171,11 @@ static int check_form(const char *body, size_t n, const cJSON *obj)
 		start += len + 1;
 		if (len == 0)
 			continue;
-		if (url_decode(p, klen, &key) < 0 ||
-		    url_decode(eq ? eq + 1 : "", eq ? len - klen - 1 : 0, &val) < 0)
+		if (url_decode(p, klen, &key) < 0)
+			goto out;
+		if (key.len == 0) /* an empty name is skipped, value unread */
+			continue;
+		if (url_decode(eq ? eq + 1 : "", eq ? len - klen - 1 : 0, &val) < 0)
 			goto out;
 		if (cJSON_GetObjectItemCaseSensitive(want, buf_str(&key)) ||
 		    cJSON_GetArraySize(want) >= 64)
