@@ -108,6 +108,7 @@ test: deps-test
 	@$(MAKE) --no-print-directory all unit
 	@$(MAKE) --no-print-directory integration
 	FUZZ_SECONDS=5 tests/fuzz/run.sh
+	tests/valgrind/run.sh
 
 valgrind: deps-test
 	@$(MAKE) --no-print-directory all
