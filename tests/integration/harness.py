@@ -356,17 +356,22 @@ class Stack:
             raise
         return self
 
-    def _start_fake(self):
+    def _start_fake(self, port=0):
+        """Start tests/fake_ollama on `port` (0: a free one) and learn its
+        port from the line it prints (appended to log/fake_ollama.log)."""
         if not os.access(FAKE_OLLAMA, os.X_OK):
             raise StackError(f"{FAKE_OLLAMA} is missing: build it first (make)")
         log_path = self.state / "log" / "fake_ollama.log"
+        seen = log_path.stat().st_size if log_path.exists() else 0
         with open(log_path, "ab") as log:
-            self.fake = subprocess.Popen([str(FAKE_OLLAMA), "-p", "0"],
+            self.fake = subprocess.Popen([str(FAKE_OLLAMA), "-p", str(port)],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + 10
         while True:
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)",
-                          log_path.read_text(errors="replace"))
+            with open(log_path, "rb") as f:
+                f.seek(seen)
+                m = re.search(r"listening on 127\.0\.0\.1:(\d+)",
+                              f.read().decode(errors="replace"))
             if m:
                 self.fake_port = int(m.group(1))
                 return
@@ -374,6 +379,25 @@ class Stack:
                 raise StackError("tests/fake_ollama did not say where it listens\n"
                                  + self.logs())
             time.sleep(0.02)
+
+    def fake_stop(self):
+        """Stop the fake upstream (SIGTERM, then SIGKILL after 5 s): the
+        responders then find nothing listening on its port."""
+        if self.fake is None:
+            return
+        self.fake.terminate()
+        try:
+            self.fake.wait(5)
+        except subprocess.TimeoutExpired:
+            self.fake.kill()
+            self.fake.wait()
+        self.fake = None
+
+    def fake_start(self):
+        """Start the fake upstream again on the port it had (its config and
+        request log start empty)."""
+        if self.fake is None:
+            self._start_fake(self.fake_port)
 
     def stop(self, keep=False):
         """Stop everything; remove the state directory unless keep or
@@ -387,14 +411,7 @@ class Stack:
                     print(f"jarvasctl stop failed (exit {r.returncode}):\n{r.stdout}{r.stderr}")
             except subprocess.TimeoutExpired:
                 print(f"jarvasctl stop did not finish within {START_TIMEOUT}s")
-        if self.fake is not None:
-            self.fake.terminate()
-            try:
-                self.fake.wait(5)
-            except subprocess.TimeoutExpired:
-                self.fake.kill()
-                self.fake.wait()
-            self.fake = None
+        self.fake_stop()
         if keep or os.environ.get("JARVAS_KEEP_STATE") == "1":
             print(f"state kept in {self.state}")
         else:
