@@ -47,7 +47,8 @@ help:
 	@echo "make format     clang-format the C sources"
 	@echo "make clean      remove build products"
 
-$(BUILD)/%.o: src/%.c
+# Objects also depend on this file: a change of flags rebuilds everything.
+$(BUILD)/%.o: src/%.c Makefile
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
