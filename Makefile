@@ -137,7 +137,7 @@ asan: deps-test
 	else echo "sanitizers: no reports"; fi
 
 format:
-	clang-format -i src/*.c src/*.h tests/*.c tests/unit/*.c
+	clang-format -i src/*.c src/*.h tests/*.c tests/unit/*.c tests/unit/*.h tests/fuzz/*.c tests/bench/*.c
 
 clean:
 	rm -rf build $(PROGRAMS) tests/fake_ollama tests/bench/loadgen

@@ -71,8 +71,8 @@ int auth_require(struct request *r, int allow_query, struct user *u)
 		resp_detail(r, 401, "Authentication credentials were not provided.");
 		goto fail;
 	}
-	if (jwt_verify(buf_str(&token), config.secret, config.secret_len, time(NULL),
-		       &claims) < 0 ||
+	if (jwt_verify(buf_str(&token), config.secret, config.secret_len, time(NULL), &claims) <
+		    0 ||
 	    claims.type != JWT_ACCESS) {
 		resp_detail_code(r, 401, not_valid, "token_not_valid");
 		goto fail;

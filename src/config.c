@@ -22,8 +22,8 @@ static const char *env_or(const char *name, const char *dflt)
 	return (v && *v) ? v : dflt;
 }
 
-static int env_int(const char *name, long dflt, long min, long max, long *out,
-		   char *err, size_t errlen)
+static int env_int(const char *name, long dflt, long min, long max, long *out, char *err,
+		   size_t errlen)
 {
 	const char *v = getenv(name);
 	char *end;
@@ -36,8 +36,8 @@ static int env_int(const char *name, long dflt, long min, long max, long *out,
 	errno = 0;
 	n = strtol(v, &end, 10);
 	if (errno || *end || n < min || n > max) {
-		snprintf(err, errlen, "%s=%s: expected a whole number from %ld to %ld",
-			 name, v, min, max);
+		snprintf(err, errlen, "%s=%s: expected a whole number from %ld to %ld", name, v,
+			 min, max);
 		return -1;
 	}
 	*out = n;
@@ -88,8 +88,8 @@ static int read_secret(char *err, size_t errlen)
 }
 
 /* Per-responder thread count: JARVAS_WORKERS_<NAME>, upper-cased. */
-static int responder_int(const char *prefix, const char *responder, long dflt,
-			 long max, long *out, char *err, size_t errlen)
+static int responder_int(const char *prefix, const char *responder, long dflt, long max, long *out,
+			 char *err, size_t errlen)
 {
 	char name[64];
 	size_t i, p = strlen(prefix);
@@ -125,8 +125,8 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 	config.metrics_dir = join_path(state, "metrics");
 	config.secret_path = join_path(state, "secret.key");
 	if (!config.state_dir || !config.upstream_url || !config.model ||
-	    (prompt && !config.system_prompt_file) || !config.db_path ||
-	    !config.metrics_dir || !config.secret_path) {
+	    (prompt && !config.system_prompt_file) || !config.db_path || !config.metrics_dir ||
+	    !config.secret_path) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -134,11 +134,11 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 	while (ulen > 0 && config.upstream_url[ulen - 1] == '/')
 		config.upstream_url[--ulen] = '\0';
 
-#define INT_SETTING(var, name, dflt, min, max)                                 \
-	do {                                                                   \
-		if (env_int(name, dflt, min, max, &n, err, errlen) < 0)        \
-			return -1;                                             \
-		var = n;                                                       \
+#define INT_SETTING(var, name, dflt, min, max)                                                     \
+	do {                                                                                       \
+		if (env_int(name, dflt, min, max, &n, err, errlen) < 0)                            \
+			return -1;                                                                 \
+		var = n;                                                                           \
 	} while (0)
 
 	INT_SETTING(config.history_limit, "JARVAS_HISTORY_LIMIT", 12, 0, 1000);
@@ -156,17 +156,19 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 	INT_SETTING(config.prompt_cache_ttl, "JARVAS_PROMPT_CACHE_TTL", 3600, 1, 365L * 86400);
 	INT_SETTING(config.max_streams_per_user, "JARVAS_MAX_STREAMS_PER_USER", 4, 1, 100000);
 	INT_SETTING(config.hash_concurrency, "JARVAS_HASH_CONCURRENCY", 2, 1, 64);
-	INT_SETTING(config.login_failures_per_user, "JARVAS_LOGIN_FAILURES_PER_USER", 10, 1, 1000000);
-	INT_SETTING(config.login_failures_per_addr, "JARVAS_LOGIN_FAILURES_PER_ADDR", 50, 1, 1000000);
+	INT_SETTING(config.login_failures_per_user, "JARVAS_LOGIN_FAILURES_PER_USER", 10, 1,
+		    1000000);
+	INT_SETTING(config.login_failures_per_addr, "JARVAS_LOGIN_FAILURES_PER_ADDR", 50, 1,
+		    1000000);
 	INT_SETTING(config.login_window, "JARVAS_LOGIN_WINDOW", 900, 1, 86400);
 	INT_SETTING(config.dev_upstream, "JARVAS_DEV_UPSTREAM", 0, 0, 1);
 #undef INT_SETTING
 
 	workers_default = strcmp(responder, "chat_stream") == 0 ? 256
-			: strcmp(responder, "chat") == 0	 ? 16
-							 : 8;
-	if (responder_int("JARVAS_WORKERS_", responder, workers_default, 100000,
-			  &n, err, errlen) < 0)
+			  : strcmp(responder, "chat") == 0	? 16
+								: 8;
+	if (responder_int("JARVAS_WORKERS_", responder, workers_default, 100000, &n, err, errlen) <
+	    0)
 		return -1;
 	config.workers = (int)n;
 

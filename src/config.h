@@ -11,35 +11,35 @@
 #include <stddef.h>
 
 struct config {
-	const char *responder;   /* "token", "chat", "chat_stream", "admin" */
+	const char *responder; /* "token", "chat", "chat_stream", "admin" */
 	char *state_dir;
-	char *db_path;           /* state_dir/jarvas.db */
-	char *metrics_dir;       /* state_dir/metrics */
-	char *secret_path;       /* state_dir/secret.key */
-	char *upstream_url;      /* without trailing slash */
+	char *db_path;	    /* state_dir/jarvas.db */
+	char *metrics_dir;  /* state_dir/metrics */
+	char *secret_path;  /* state_dir/secret.key */
+	char *upstream_url; /* without trailing slash */
 	char *model;
 	char *system_prompt_file; /* NULL: built-in prompt */
-	unsigned char *secret;   /* JWT HMAC key */
+	unsigned char *secret;	  /* JWT HMAC key */
 	size_t secret_len;
 	int history_limit;
-	long access_lifetime;    /* seconds */
+	long access_lifetime; /* seconds */
 	long refresh_lifetime;
-	int workers;             /* threads per process */
-	int db_pool;             /* SQLite connections per process */
-	size_t stack_size;       /* worker thread stack, bytes */
-	size_t body_max;         /* request body cap (413 past it) */
-	size_t message_max;      /* message cap in bytes (400 past it) */
+	int workers;		      /* threads per process */
+	int db_pool;		      /* SQLite connections per process */
+	size_t stack_size;	      /* worker thread stack, bytes */
+	size_t body_max;	      /* request body cap (413 past it) */
+	size_t message_max;	      /* message cap in bytes (400 past it) */
 	int upstream_connect_timeout; /* seconds */
 	int upstream_idle_timeout;    /* seconds of upstream silence */
 	int upstream_total_timeout;   /* seconds for /api/chat/ */
-	int ping_interval;       /* seconds between ": ping" comments */
-	int prompt_cache_ttl;    /* seconds */
+	int ping_interval;	      /* seconds between ": ping" comments */
+	int prompt_cache_ttl;	      /* seconds */
 	int max_streams_per_user;
-	int hash_concurrency;    /* concurrent password hashes */
+	int hash_concurrency;	     /* concurrent password hashes */
 	int login_failures_per_user; /* failed logins before 429 ... */
 	int login_failures_per_addr;
-	int login_window;        /* ... within this many seconds */
-	int dev_upstream;        /* upstream is tests/fake_ollama */
+	int login_window; /* ... within this many seconds */
+	int dev_upstream; /* upstream is tests/fake_ollama */
 };
 
 extern struct config config;

@@ -22,7 +22,7 @@
 
 struct db {
 	sqlite3 *conn;
-	dev_t dev;   /* the file this connection opened */
+	dev_t dev; /* the file this connection opened */
 	ino_t ino;
 	int in_use;
 	int nstmt;
@@ -40,14 +40,14 @@ static struct {
 	struct db *slots;
 	int size;
 	char *path;
-} pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, NULL };
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, NULL};
 
 /* SQLite's own busy timeout sleeps 1, 2, 5 ... 100 ms between tries: a
  * lock held for 50 µs can cost a request 100 ms.  Retry soon instead,
  * backing off to 2 ms, for about 5 s in all. */
 static int wait_for_lock(void *ctx, int tries)
 {
-	struct timespec pause = { 0, 0 };
+	struct timespec pause = {0, 0};
 
 	(void)ctx;
 	if (tries > 2500)
@@ -157,7 +157,7 @@ static struct {
 	pthread_cond_t wake;
 	pthread_t thread;
 	int started, stop;
-} ckpt = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0 };
+} ckpt = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
 
 static int same_file(const struct db *d, const char *path)
 {
@@ -289,8 +289,8 @@ sqlite3_stmt *db_stmt(struct db *d, const char *sql)
 			return st;
 		}
 	}
-	if (sqlite3_prepare_v3(d->conn, sql, -1, SQLITE_PREPARE_PERSISTENT, &st,
-			       NULL) != SQLITE_OK) {
+	if (sqlite3_prepare_v3(d->conn, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) !=
+	    SQLITE_OK) {
 		log_error("prepare failed: %s: %s", sqlite3_errmsg(d->conn), sql);
 		return NULL;
 	}
@@ -409,8 +409,8 @@ int db_migrate(struct db *d, char *err, size_t errlen)
 			memcpy(block, start, n);
 			block[n] = '\0';
 			snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", version);
-			if (db_begin(d) < 0 || db_exec(d, block) < 0 ||
-			    db_exec(d, pragma) < 0 || db_commit(d) < 0) {
+			if (db_begin(d) < 0 || db_exec(d, block) < 0 || db_exec(d, pragma) < 0 ||
+			    db_commit(d) < 0) {
 				snprintf(err, errlen, "migration %d failed: %s", version,
 					 sqlite3_errmsg(d->conn));
 				db_rollback(d);

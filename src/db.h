@@ -39,7 +39,7 @@ void db_close(struct db *d);
 sqlite3_stmt *db_stmt(struct db *d, const char *sql);
 /* Run SQL without results (BEGIN, COMMIT, pragmas). 0 or -1. */
 int db_exec(struct db *d, const char *sql);
-int db_begin(struct db *d);   /* BEGIN IMMEDIATE: we always write */
+int db_begin(struct db *d); /* BEGIN IMMEDIATE: we always write */
 int db_commit(struct db *d);
 void db_rollback(struct db *d);
 const char *db_errmsg(struct db *d);

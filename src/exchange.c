@@ -31,16 +31,16 @@ static size_t space_at(const char *s, size_t n)
 	const unsigned char *p = (const unsigned char *)s;
 	unsigned cp;
 
-	if (n >= 1 && (p[0] == ' ' || (p[0] >= 0x09 && p[0] <= 0x0d) ||
-		       (p[0] >= 0x1c && p[0] <= 0x1f)))
+	if (n >= 1 &&
+	    (p[0] == ' ' || (p[0] >= 0x09 && p[0] <= 0x0d) || (p[0] >= 0x1c && p[0] <= 0x1f)))
 		return 1;
 	if (n >= 2 && p[0] == 0xc2 && (p[1] == 0x85 || p[1] == 0xa0))
 		return 2;
 	if (n < 3 || (p[0] & 0xf0) != 0xe0)
 		return 0;
 	cp = (unsigned)(p[0] & 0x0f) << 12 | (unsigned)(p[1] & 0x3f) << 6 | (p[2] & 0x3f);
-	return (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 ||
-		cp == 0x2029 || cp == 0x202f || cp == 0x205f || cp == 0x3000)
+	return (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 ||
+		cp == 0x202f || cp == 0x205f || cp == 0x3000)
 		       ? 3
 		       : 0;
 }
@@ -145,8 +145,9 @@ static int read_input_body(struct exchange *ex)
 		return -1;
 	rc = request_field(ex->r, "message", &message);
 	if (rc <= 0)
-		return resp_field_error(ex->r, "message", rc == 0 ? "This field is required."
-								  : "Not a valid string."),
+		return resp_field_error(ex->r, "message",
+					rc == 0 ? "This field is required."
+						: "Not a valid string."),
 		       -1;
 	if (take_message(ex, message, strlen(message)) < 0)
 		return -1;
@@ -177,8 +178,8 @@ static int load_context(struct exchange *ex, int reserve_now)
 
 	if (!d)
 		return -1;
-	if (history_last(d, ex->user.id, ex->conversation, config.history_limit,
-			 &ex->history) < 0 ||
+	if (history_last(d, ex->user.id, ex->conversation, config.history_limit, &ex->history) <
+		    0 ||
 	    prompt_get(d, &ex->user, &ex->prompt) < 0)
 		goto fail;
 	if (reserve_now && (db_begin(d) < 0 || reserve(ex, d) < 0 || db_commit(d) < 0))
@@ -213,8 +214,7 @@ static int admit_stream(struct exchange *ex, int slot)
 	return -1;
 }
 
-int exchange_begin(struct exchange *ex, struct request *r, int from_query,
-		   int stream_slot)
+int exchange_begin(struct exchange *ex, struct request *r, int from_query, int stream_slot)
 {
 	exchange_zero(ex, r);
 	if (auth_require(r, from_query, &ex->user) < 0)
@@ -298,10 +298,12 @@ int exchange_store(struct exchange *ex, int complete)
 	if (!d)
 		return -1;
 	rc = db_begin(d) == 0 && (ex->reserved || reserve(ex, d) == 0) &&
-	     history_store(d, ex->user.id, ex->conversation, ex->user_msg_id,
-			   buf_str(&ex->message), ex->message_id, buf_str(&ex->reply),
-			   ex->reply.len, complete) == 0 &&
-	     db_commit(d) == 0 ? 0 : -1;
+			     history_store(d, ex->user.id, ex->conversation, ex->user_msg_id,
+					   buf_str(&ex->message), ex->message_id,
+					   buf_str(&ex->reply), ex->reply.len, complete) == 0 &&
+			     db_commit(d) == 0
+		     ? 0
+		     : -1;
 	if (rc < 0)
 		log_error("storing exchange of user %lld failed: %s", ex->user.id, db_errmsg(d));
 	db_release(d); /* rolls back what failed */

@@ -27,15 +27,15 @@ struct exchange {
 	struct user user;
 	int have_user;
 	char conversation[CONVERSATION_ID_MAX + 1];
-	struct buf message;      /* the user's message */
-	struct history history;  /* the last N messages, oldest first */
+	struct buf message;	/* the user's message */
+	struct history history; /* the last N messages, oldest first */
 	struct prompt prompt;
 	long long user_msg_id;
-	long long message_id;    /* id of the reply */
-	int reserved;            /* the ids above are set */
-	struct buf reply;        /* everything sent on to the client */
+	long long message_id; /* id of the reply */
+	int reserved;	      /* the ids above are set */
+	struct buf reply;     /* everything sent on to the client */
 	struct upstream_result result;
-	int stream_slot;         /* limits slot held, or -1 */
+	int stream_slot; /* limits slot held, or -1 */
 
 	/* The caller's callbacks, as in struct upstream_call. */
 	int (*on_content)(void *ctx, const char *text, size_t n);
@@ -47,8 +47,7 @@ struct exchange {
  * query string (GET of the stream) instead of the body.  stream_slot >= 0:
  * count this exchange against the user's open-stream cap in that slot
  * (429 past it).  0, or -1 with the error answer already sent. */
-int exchange_begin(struct exchange *ex, struct request *r, int from_query,
-		   int stream_slot);
+int exchange_begin(struct exchange *ex, struct request *r, int from_query, int stream_slot);
 
 /* 0 when the model finished, -1 otherwise (see ex->result.outcome). */
 int exchange_run(struct exchange *ex, int total_timeout);

@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 int history_conversation_valid(const char *id)
 {
 	size_t i;
@@ -14,8 +13,8 @@ int history_conversation_valid(const char *id)
 	for (i = 0; id[i]; i++) {
 		char c = id[i];
 		if (i >= CONVERSATION_ID_MAX ||
-		    !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-		      (c >= '0' && c <= '9') || c == '_' || c == '-'))
+		    !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '-'))
 			return 0;
 	}
 	return i > 0;
@@ -32,8 +31,8 @@ void history_free(struct history *h)
 	h->n = 0;
 }
 
-int history_last(struct db *d, long long user_id, const char *conversation,
-		 int limit, struct history *out)
+int history_last(struct db *d, long long user_id, const char *conversation, int limit,
+		 struct history *out)
 {
 	/* Newest first with LIMIT, then reversed: the index serves both. */
 	static const char sql[] =
@@ -83,9 +82,8 @@ fail:
 
 cJSON *history_list(struct db *d, long long user_id, const char *conversation)
 {
-	static const char sql[] =
-		"SELECT id, role, content, created_at FROM messages "
-		"WHERE user_id = ?1 AND conversation_id = ?2 ORDER BY id";
+	static const char sql[] = "SELECT id, role, content, created_at FROM messages "
+				  "WHERE user_id = ?1 AND conversation_id = ?2 ORDER BY id";
 	sqlite3_stmt *st = db_stmt(d, sql);
 	cJSON *list = cJSON_CreateArray(), *m;
 	int rc;
@@ -145,9 +143,8 @@ int history_reserve_ids(struct db *d, long long *user_msg_id, long long *reply_i
 	return rc == SQLITE_ROW ? 0 : -1;
 }
 
-static int insert_message(struct db *d, long long id, long long user_id,
-			  const char *conversation, const char *role,
-			  const char *text, size_t len, int complete)
+static int insert_message(struct db *d, long long id, long long user_id, const char *conversation,
+			  const char *role, const char *text, size_t len, int complete)
 {
 	static const char sql[] =
 		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete) "
@@ -168,15 +165,14 @@ static int insert_message(struct db *d, long long id, long long user_id,
 	return rc == SQLITE_DONE ? 0 : -1;
 }
 
-int history_store(struct db *d, long long user_id, const char *conversation,
-		  long long user_msg_id, const char *user_text,
-		  long long reply_id, const char *reply_text, size_t reply_len,
-		  int complete)
+int history_store(struct db *d, long long user_id, const char *conversation, long long user_msg_id,
+		  const char *user_text, long long reply_id, const char *reply_text,
+		  size_t reply_len, int complete)
 {
 	if (insert_message(d, user_msg_id, user_id, conversation, "user", user_text,
 			   strlen(user_text), 1) < 0 ||
-	    insert_message(d, reply_id, user_id, conversation, "assistant", reply_text,
-			   reply_len, complete) < 0)
+	    insert_message(d, reply_id, user_id, conversation, "assistant", reply_text, reply_len,
+			   complete) < 0)
 		return -1;
 	return 0;
 }

@@ -17,8 +17,8 @@
 #define CONVERSATION_ID_MAX 64
 
 struct history_msg {
-	const char *role;   /* "user" or "assistant" (static strings) */
-	char *content;      /* owned */
+	const char *role; /* "user" or "assistant" (static strings) */
+	char *content;	  /* owned */
 };
 
 struct history {
@@ -30,8 +30,8 @@ struct history {
 int history_conversation_valid(const char *id);
 
 /* The last `limit` messages, oldest first.  0 or -1. */
-int history_last(struct db *d, long long user_id, const char *conversation,
-		 int limit, struct history *out);
+int history_last(struct db *d, long long user_id, const char *conversation, int limit,
+		 struct history *out);
 void history_free(struct history *h);
 
 /* All messages as a JSON array of {id, role, content, created_at}. */
@@ -44,10 +44,9 @@ int history_reserve_ids(struct db *d, long long *user_msg_id, long long *reply_i
 
 /* Store both messages.  Must run inside the caller's write transaction,
  * which is what makes the pair atomic.  0 or -1. */
-int history_store(struct db *d, long long user_id, const char *conversation,
-		  long long user_msg_id, const char *user_text,
-		  long long reply_id, const char *reply_text, size_t reply_len,
-		  int complete);
+int history_store(struct db *d, long long user_id, const char *conversation, long long user_msg_id,
+		  const char *user_text, long long reply_id, const char *reply_text,
+		  size_t reply_len, int complete);
 
 /* Delete one conversation of one user; the number of rows or -1. */
 int history_delete(struct db *d, long long user_id, const char *conversation);

@@ -22,8 +22,7 @@ int jwt_b64_encode(struct buf *out, const unsigned char *p, size_t n)
 	return buf_puts(out, tmp) == BUF_OK ? 0 : -1;
 }
 
-int jwt_b64_decode(const char *s, size_t n, unsigned char *out, size_t cap,
-		   size_t *outlen)
+int jwt_b64_decode(const char *s, size_t n, unsigned char *out, size_t cap, size_t *outlen)
 {
 	const char *end = NULL;
 	size_t i;
@@ -32,8 +31,8 @@ int jwt_b64_decode(const char *s, size_t n, unsigned char *out, size_t cap,
 	 * several spellings.  Only the URL-safe alphabet is a token. */
 	for (i = 0; i < n; i++) {
 		char c = s[i];
-		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-		      (c >= '0' && c <= '9') || c == '-' || c == '_'))
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_'))
 			return -1;
 	}
 
@@ -43,8 +42,8 @@ int jwt_b64_decode(const char *s, size_t n, unsigned char *out, size_t cap,
 	return end == s + n ? 0 : -1;
 }
 
-static void hmac(unsigned char mac[crypto_auth_hmacsha256_BYTES],
-		 const char *msg, size_t n, const unsigned char *key, size_t keylen)
+static void hmac(unsigned char mac[crypto_auth_hmacsha256_BYTES], const char *msg, size_t n,
+		 const unsigned char *key, size_t keylen)
 {
 	crypto_auth_hmacsha256_state st;
 
@@ -53,8 +52,8 @@ static void hmac(unsigned char mac[crypto_auth_hmacsha256_BYTES],
 	crypto_auth_hmacsha256_final(&st, mac);
 }
 
-int jwt_sign(struct buf *out, enum jwt_type type, long long user_id, time_t now,
-	     long lifetime, const unsigned char *key, size_t keylen)
+int jwt_sign(struct buf *out, enum jwt_type type, long long user_id, time_t now, long lifetime,
+	     const unsigned char *key, size_t keylen)
 {
 	unsigned char jti_raw[16], mac[crypto_auth_hmacsha256_BYTES];
 	char jti[33], payload[256];
@@ -63,10 +62,11 @@ int jwt_sign(struct buf *out, enum jwt_type type, long long user_id, time_t now,
 
 	randombytes_buf(jti_raw, sizeof jti_raw);
 	sodium_bin2hex(jti, sizeof jti, jti_raw, sizeof jti_raw);
-	n = snprintf(payload, sizeof payload,
-		     "{\"token_type\":\"%s\",\"exp\":%lld,\"iat\":%lld,\"jti\":\"%s\",\"user_id\":%lld}",
-		     type == JWT_ACCESS ? "access" : "refresh",
-		     (long long)now + lifetime, (long long)now, jti, user_id);
+	n = snprintf(
+		payload, sizeof payload,
+		"{\"token_type\":\"%s\",\"exp\":%lld,\"iat\":%lld,\"jti\":\"%s\",\"user_id\":%lld}",
+		type == JWT_ACCESS ? "access" : "refresh", (long long)now + lifetime,
+		(long long)now, jti, user_id);
 	if (n < 0 || (size_t)n >= sizeof payload)
 		return -1;
 	if (jwt_b64_encode(out, (const unsigned char *)jwt_header_json,
@@ -101,8 +101,8 @@ static int claim_int(const cJSON *obj, const char *name, long long *out)
 	return 0;
 }
 
-int jwt_verify(const char *token, const unsigned char *key, size_t keylen,
-	       time_t now, struct jwt_claims *claims)
+int jwt_verify(const char *token, const unsigned char *key, size_t keylen, time_t now,
+	       struct jwt_claims *claims)
 {
 	unsigned char mac[crypto_auth_hmacsha256_BYTES], sig[64];
 	const char *dot1, *dot2;
@@ -122,8 +122,9 @@ int jwt_verify(const char *token, const unsigned char *key, size_t keylen,
 		return -1;
 
 	/* Signature first: nothing else in an unsigned token is worth parsing. */
-	if (jwt_b64_decode(dot2 + 1, len - (size_t)(dot2 + 1 - token), sig,
-			   sizeof sig, &siglen) < 0 || siglen != sizeof mac)
+	if (jwt_b64_decode(dot2 + 1, len - (size_t)(dot2 + 1 - token), sig, sizeof sig, &siglen) <
+		    0 ||
+	    siglen != sizeof mac)
 		return -1;
 	hmac(mac, token, (size_t)(dot2 - token), key, keylen);
 	if (sodium_memcmp(mac, sig, sizeof mac) != 0)

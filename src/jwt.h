@@ -27,18 +27,17 @@ struct jwt_claims {
 #define JWT_MAX_LEN 4096
 
 /* Append a signed token to out.  0 or -1. */
-int jwt_sign(struct buf *out, enum jwt_type type, long long user_id, time_t now,
-	     long lifetime, const unsigned char *key, size_t keylen);
+int jwt_sign(struct buf *out, enum jwt_type type, long long user_id, time_t now, long lifetime,
+	     const unsigned char *key, size_t keylen);
 
 /* 0 when token is a valid, unexpired HS256 token signed with key; then
  * *claims is filled.  -1 otherwise. */
-int jwt_verify(const char *token, const unsigned char *key, size_t keylen,
-	       time_t now, struct jwt_claims *claims);
+int jwt_verify(const char *token, const unsigned char *key, size_t keylen, time_t now,
+	       struct jwt_claims *claims);
 
 /* base64url without padding, exposed for the tests. */
 int jwt_b64_encode(struct buf *out, const unsigned char *p, size_t n);
 /* Decodes into out (cap bytes); sets *outlen.  -1 on any invalid input. */
-int jwt_b64_decode(const char *s, size_t n, unsigned char *out, size_t cap,
-		   size_t *outlen);
+int jwt_b64_decode(const char *s, size_t n, unsigned char *out, size_t cap, size_t *outlen);
 
 #endif

@@ -47,7 +47,7 @@ static struct {
 	} p[MAX_PEERS];
 	int n;
 	time_t refreshed;
-} peers = { .lock = PTHREAD_MUTEX_INITIALIZER };
+} peers = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static int path_for(char *out, size_t cap, const char *name)
 {
@@ -85,8 +85,7 @@ int limits_open(int slots)
 			pid_t pid = pid_of_name(de->d_name);
 			char stale[4096];
 
-			if (pid && !alive(pid) &&
-			    path_for(stale, sizeof stale, de->d_name) == 0)
+			if (pid && !alive(pid) && path_for(stale, sizeof stale, de->d_name) == 0)
 				unlink(stale);
 		}
 		closedir(dir);

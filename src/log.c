@@ -21,10 +21,9 @@ static void log_time(struct buf *b)
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
-	buf_printf(b, "time=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ responder=%s",
-		   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-		   tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
-		   config.responder ? config.responder : "-");
+	buf_printf(b, "time=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ responder=%s", tm.tm_year + 1900,
+		   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		   ts.tv_nsec / 1000000, config.responder ? config.responder : "-");
 }
 
 /* Append ` key="value"` with quotes, backslashes and control bytes escaped. */
@@ -62,8 +61,8 @@ void log_request(const struct log_request_fields *f)
 	buf_printf(&b, " pid=%d", (int)getpid());
 	log_quoted(&b, "method", f->method ? f->method : "-");
 	log_quoted(&b, "path", f->path ? f->path : "-");
-	buf_printf(&b, " status=%d user=%lld duration_ms=%.2f", f->status,
-		   f->user_id, f->duration_ms);
+	buf_printf(&b, " status=%d user=%lld duration_ms=%.2f", f->status, f->user_id,
+		   f->duration_ms);
 	if (f->first_chunk_ms >= 0)
 		buf_printf(&b, " first_chunk_ms=%.2f", f->first_chunk_ms);
 	buf_printf(&b, " bytes=%llu", f->bytes);

@@ -45,16 +45,16 @@ static int make_secret(void)
 	if (fd < 0) {
 		if (errno == EEXIST)
 			return 0;
-		fprintf(stderr, "jarvas-admin: cannot create %s: %s\n",
-			config.secret_path, strerror(errno));
+		fprintf(stderr, "jarvas-admin: cannot create %s: %s\n", config.secret_path,
+			strerror(errno));
 		return -1;
 	}
 	randombytes_buf(raw, sizeof raw);
 	sodium_bin2hex(hex, sizeof hex, raw, sizeof raw);
 	hex[64] = '\n';
 	if (write(fd, hex, sizeof hex) != (ssize_t)sizeof hex || fsync(fd) < 0) {
-		fprintf(stderr, "jarvas-admin: cannot write %s: %s\n",
-			config.secret_path, strerror(errno));
+		fprintf(stderr, "jarvas-admin: cannot write %s: %s\n", config.secret_path,
+			strerror(errno));
 		close(fd);
 		unlink(config.secret_path);
 		return -1;
@@ -115,11 +115,13 @@ static int cmd_password(const char *name, int create)
 
 	buf_init(&pw, 4096);
 	if (read_stdin(&pw, 1) < 0 || pw.len == 0) {
-		fprintf(stderr, "jarvas-admin: give the password as one line (at most 4096 bytes) on stdin\n");
+		fprintf(stderr, "jarvas-admin: give the password as one line (at most 4096 bytes) "
+				"on stdin\n");
 		goto out;
 	}
 	if (create && !users_name_valid(name)) {
-		fprintf(stderr, "jarvas-admin: invalid username: use 1-150 letters, digits and @.+-_\n");
+		fprintf(stderr,
+			"jarvas-admin: invalid username: use 1-150 letters, digits and @.+-_\n");
 		goto out;
 	}
 	if (password_hash(buf_str(&pw), hash) < 0) {
@@ -161,7 +163,7 @@ static int cmd_update(const char *name, int delete)
 	int changed;
 
 	buf_init(&text, 64 * 1024);
-	if (!delete && read_stdin(&text, 0) < 0) {
+	if (!delete &&read_stdin(&text, 0) < 0) {
 		fprintf(stderr, "jarvas-admin: context too long (at most 64 KiB)\n");
 		buf_free(&text);
 		return 1;
@@ -194,8 +196,8 @@ static int cmd_users(void)
 	}
 	st = db_stmt(d, sql);
 	while (st && (rc = sqlite3_step(st)) == SQLITE_ROW)
-		printf("%s\t%d\t%s\n", sqlite3_column_text(st, 0),
-		       sqlite3_column_int(st, 1), sqlite3_column_text(st, 2));
+		printf("%s\t%d\t%s\n", sqlite3_column_text(st, 0), sqlite3_column_int(st, 1),
+		       sqlite3_column_text(st, 2));
 	rc = st && rc == SQLITE_DONE ? 0 : 1;
 	if (rc)
 		fprintf(stderr, "jarvas-admin: %s\n", db_errmsg(d));

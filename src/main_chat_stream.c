@@ -8,7 +8,7 @@
 #include "stream.h"
 
 static const struct route routes[] = {
-	{ "/api/chat/stream", METRICS_EP_STREAM, stream_get, stream_post, NULL },
+	{"/api/chat/stream", METRICS_EP_STREAM, stream_get, stream_post, NULL},
 };
 
 int main(void)

@@ -24,24 +24,24 @@
 #define METRICS_MAGIC 0x6a617276u /* "jarv" */
 #define METRICS_VERSION 1
 
-static const int status_codes[] = { 200, 204, 400, 401, 403, 404, 405, 413,
-				    415, 429, 500, 502, 503, 504 };
+static const int status_codes[] = {200, 204, 400, 401, 403, 404, 405,
+				   413, 415, 429, 500, 502, 503, 504};
 #define NSTATUS (sizeof status_codes / sizeof status_codes[0] + 1) /* + other */
 
 static const char *const endpoint_names[METRICS_EP_COUNT] = {
-	"token", "token_refresh", "token_verify", "chat", "chat_history",
-	"health", "metrics", "chat_stream", "other",
+	"token",  "token_refresh", "token_verify", "chat",  "chat_history",
+	"health", "metrics",	   "chat_stream",  "other",
 };
 static const char *const upstream_error_names[METRICS_UE_COUNT] = {
 	"connect", "http_status", "error_line", "malformed", "cut", "timeout", "other",
 };
 
 /* Upper bounds in milliseconds; one more bucket for +Inf. */
-static const double first_chunk_bounds[] = { 1, 2.5, 5, 10, 25, 50, 100, 250,
-					     500, 1000, 2000, 5000, 10000, 30000 };
+static const double first_chunk_bounds[] = {1,	 2.5, 5,    10,	  25,	50,    100,
+					    250, 500, 1000, 2000, 5000, 10000, 30000};
 #define NFIRST (sizeof first_chunk_bounds / sizeof first_chunk_bounds[0])
-static const double duration_bounds[] = { 100, 500, 1000, 5000, 10000, 30000,
-					  60000, 300000, 1800000 };
+static const double duration_bounds[] = {100,	500,   1000,   5000,   10000,
+					 30000, 60000, 300000, 1800000};
 #define NDURATION (sizeof duration_bounds / sizeof duration_bounds[0])
 
 struct histogram_counts {
@@ -76,8 +76,8 @@ int metrics_open(void)
 	char path[4096];
 	int fd, n;
 
-	n = snprintf(path, sizeof path, "%s/%s.%d", config.metrics_dir,
-		     config.responder, (int)getpid());
+	n = snprintf(path, sizeof path, "%s/%s.%d", config.metrics_dir, config.responder,
+		     (int)getpid());
 	if (n < 0 || (size_t)n >= sizeof path)
 		return -1;
 	/* No O_TRUNC: after a reload (same pid, same file) the counters go on. */
@@ -128,8 +128,7 @@ void metrics_count_request(int endpoint, int status)
 	ADD(mine->requests[endpoint][i], 1);
 }
 
-static void histogram_add(struct histogram_counts *h, const double *bounds,
-			  size_t n, double ms)
+static void histogram_add(struct histogram_counts *h, const double *bounds, size_t n, double ms)
 {
 	size_t i;
 
@@ -217,8 +216,7 @@ static void sum_file(struct metrics_file *sum, const char *path)
 }
 
 static void render_histogram(struct buf *out, const char *name, const char *help,
-			     const struct histogram_counts *h,
-			     const double *bounds, size_t n)
+			     const struct histogram_counts *h, const double *bounds, size_t n)
 {
 	uint64_t cum = 0;
 	size_t i;
@@ -231,8 +229,8 @@ static void render_histogram(struct buf *out, const char *name, const char *help
 	}
 	cum += h->bucket[n];
 	buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
-	buf_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)h->sum_us / 1e6,
-		   name, (unsigned long long)h->count);
+	buf_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)h->sum_us / 1e6, name,
+		   (unsigned long long)h->count);
 }
 
 int metrics_render(struct buf *out)
@@ -252,49 +250,61 @@ int metrics_render(struct buf *out)
 
 			if (de->d_name[0] == '.')
 				continue;
-			n = snprintf(path, sizeof path, "%s/%s", config.metrics_dir,
-				     de->d_name);
+			n = snprintf(path, sizeof path, "%s/%s", config.metrics_dir, de->d_name);
 			if (n > 0 && (size_t)n < sizeof path)
 				sum_file(&sum, path);
 		}
 		closedir(dir);
 	}
 
-	buf_puts(out, "# HELP jarvas_requests_total Requests answered, by endpoint and HTTP status.\n"
-		      "# TYPE jarvas_requests_total counter\n");
+	buf_puts(out,
+		 "# HELP jarvas_requests_total Requests answered, by endpoint and HTTP status.\n"
+		 "# TYPE jarvas_requests_total counter\n");
 	for (e = 0; e < METRICS_EP_COUNT; e++)
 		for (s = 0; s < NSTATUS; s++) {
 			if (!sum.requests[e][s])
 				continue;
 			if (s < NSTATUS - 1)
-				buf_printf(out, "jarvas_requests_total{endpoint=\"%s\",status=\"%d\"} %llu\n",
+				buf_printf(out,
+					   "jarvas_requests_total{endpoint=\"%s\",status=\"%d\"} "
+					   "%llu\n",
 					   endpoint_names[e], status_codes[s],
 					   (unsigned long long)sum.requests[e][s]);
 			else
-				buf_printf(out, "jarvas_requests_total{endpoint=\"%s\",status=\"other\"} %llu\n",
+				buf_printf(out,
+					   "jarvas_requests_total{endpoint=\"%s\",status=\"other\"}"
+					   " %llu\n",
 					   endpoint_names[e],
 					   (unsigned long long)sum.requests[e][s]);
 		}
 	render_histogram(out, "jarvas_first_chunk_seconds",
 			 "Time from request to the first chunk written to the client.",
 			 &sum.first_chunk, first_chunk_bounds, NFIRST);
-	render_histogram(out, "jarvas_stream_duration_seconds",
-			 "Duration of streamed exchanges.", &sum.stream_duration,
-			 duration_bounds, NDURATION);
-	buf_printf(out, "# HELP jarvas_active_streams Streams open now.\n"
-			"# TYPE jarvas_active_streams gauge\njarvas_active_streams %lld\n",
+	render_histogram(out, "jarvas_stream_duration_seconds", "Duration of streamed exchanges.",
+			 &sum.stream_duration, duration_bounds, NDURATION);
+	buf_printf(out,
+		   "# HELP jarvas_active_streams Streams open now.\n"
+		   "# TYPE jarvas_active_streams gauge\njarvas_active_streams %lld\n",
 		   (long long)(sum.active_streams < 0 ? 0 : sum.active_streams));
-	buf_printf(out, "# HELP jarvas_prompt_cache_hits_total System prompts served from the cache.\n"
-			"# TYPE jarvas_prompt_cache_hits_total counter\njarvas_prompt_cache_hits_total %llu\n"
-			"# HELP jarvas_prompt_cache_misses_total System prompts built anew.\n"
-			"# TYPE jarvas_prompt_cache_misses_total counter\njarvas_prompt_cache_misses_total %llu\n",
+	buf_printf(out,
+		   "# HELP jarvas_prompt_cache_hits_total System prompts served from the cache.\n"
+		   "# TYPE jarvas_prompt_cache_hits_total counter\njarvas_prompt_cache_hits_total "
+		   "%llu\n"
+		   "# HELP jarvas_prompt_cache_misses_total System prompts built anew.\n"
+		   "# TYPE jarvas_prompt_cache_misses_total "
+		   "counter\njarvas_prompt_cache_misses_total %llu\n",
 		   (unsigned long long)sum.cache_hits, (unsigned long long)sum.cache_misses);
 	buf_puts(out, "# HELP jarvas_upstream_errors_total Upstream failures, by kind.\n"
 		      "# TYPE jarvas_upstream_errors_total counter\n");
 	for (e = 0; e < METRICS_UE_COUNT; e++)
 		buf_printf(out, "jarvas_upstream_errors_total{kind=\"%s\"} %llu\n",
 			   upstream_error_names[e], (unsigned long long)sum.upstream_errors[e]);
-	return buf_printf(out, "# HELP jarvas_client_aborts_total Streams whose client left before the end.\n"
-			       "# TYPE jarvas_client_aborts_total counter\njarvas_client_aborts_total %llu\n",
-			  (unsigned long long)sum.client_aborts) == BUF_OK ? 0 : -1;
+	return buf_printf(out,
+			  "# HELP jarvas_client_aborts_total Streams whose client left before the "
+			  "end.\n"
+			  "# TYPE jarvas_client_aborts_total counter\njarvas_client_aborts_total "
+			  "%llu\n",
+			  (unsigned long long)sum.client_aborts) == BUF_OK
+		       ? 0
+		       : -1;
 }

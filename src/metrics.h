@@ -27,12 +27,12 @@ enum metrics_endpoint {
 };
 
 enum metrics_upstream_error {
-	METRICS_UE_CONNECT,   /* refused, DNS, connect timeout */
-	METRICS_UE_HTTP,      /* non-2xx status */
-	METRICS_UE_ERROR_LINE,/* {"error": ...} inside the stream */
-	METRICS_UE_MALFORMED, /* a line that is not the expected JSON */
-	METRICS_UE_CUT,       /* ended without done */
-	METRICS_UE_TIMEOUT,   /* silent past the idle timeout */
+	METRICS_UE_CONNECT,    /* refused, DNS, connect timeout */
+	METRICS_UE_HTTP,       /* non-2xx status */
+	METRICS_UE_ERROR_LINE, /* {"error": ...} inside the stream */
+	METRICS_UE_MALFORMED,  /* a line that is not the expected JSON */
+	METRICS_UE_CUT,	       /* ended without done */
+	METRICS_UE_TIMEOUT,    /* silent past the idle timeout */
 	METRICS_UE_OTHER,
 	METRICS_UE_COUNT
 };

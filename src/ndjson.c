@@ -36,8 +36,7 @@ static int emit(const char *line, size_t n, ndjson_line_fn fn, void *ctx)
 	return fn(ctx, line, n) < 0 ? -1 : 0;
 }
 
-int ndjson_feed(struct ndjson *nd, const char *p, size_t n, ndjson_line_fn fn,
-		void *ctx)
+int ndjson_feed(struct ndjson *nd, const char *p, size_t n, ndjson_line_fn fn, void *ctx)
 {
 	const char *end = p + n, *nl;
 

@@ -24,8 +24,7 @@ void ndjson_init(struct ndjson *nd, size_t max_line);
 void ndjson_free(struct ndjson *nd);
 void ndjson_reset(struct ndjson *nd);
 /* 0, -1 when a callback stopped, -2 when a line is over the maximum. */
-int ndjson_feed(struct ndjson *nd, const char *p, size_t n, ndjson_line_fn fn,
-		void *ctx);
+int ndjson_feed(struct ndjson *nd, const char *p, size_t n, ndjson_line_fn fn, void *ctx);
 /* Bytes of an unterminated last line still held. */
 size_t ndjson_pending(const struct ndjson *nd);
 

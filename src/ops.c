@@ -65,7 +65,8 @@ void ops_health(struct request *r)
 	cJSON_AddStringToObject(o, "model", config.model);
 	if (config.dev_upstream)
 		cJSON_AddStringToObject(o, "upstream_note",
-					"development stand-in (tests/fake_ollama): answers are canned, not from a model");
+					"development stand-in (tests/fake_ollama): answers are "
+					"canned, not from a model");
 	buf_free(&msg);
 	resp_json(r, db_ok && up_ok ? 200 : 503, o);
 }
@@ -77,8 +78,8 @@ void ops_metrics(struct request *r)
 	buf_init(&out, 4u << 20);
 	if (metrics_render(&out) < 0) {
 		resp_detail(r, 500, "Metrics could not be rendered.");
-	} else if (resp_headers(r, 200, "text/plain; version=0.0.4; charset=utf-8",
-				(long)out.len, NULL) == 0) {
+	} else if (resp_headers(r, 200, "text/plain; version=0.0.4; charset=utf-8", (long)out.len,
+				NULL) == 0) {
 		resp_write(r, out.data, out.len);
 	}
 	buf_free(&out);

@@ -51,8 +51,7 @@ int password_check(const char *hash, const char *password)
 	int ok;
 
 	slot_take();
-	ok = crypto_pwhash_str_verify(hash ? hash : dummy_hash, password,
-				      strlen(password)) == 0;
+	ok = crypto_pwhash_str_verify(hash ? hash : dummy_hash, password, strlen(password)) == 0;
 	sem_post(&hash_slots);
 	return hash ? ok : 0;
 }

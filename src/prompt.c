@@ -27,15 +27,15 @@ static const char builtin_prompt[] =
 #define BASE_MAX (256u << 10)
 
 static struct {
-	pthread_mutex_t lock; /* guards the fields below */
-	char *text;           /* NULL: use builtin_prompt */
+	pthread_mutex_t lock;	  /* guards the fields below */
+	char *text;		  /* NULL: use builtin_prompt */
 	unsigned char digest[16]; /* hash of the text in use */
 	int have_digest;
 	dev_t dev;
 	ino_t ino;
 	off_t size;
 	struct timespec mtime;
-} base = { .lock = PTHREAD_MUTEX_INITIALIZER };
+} base = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 void prompt_init(struct prompt *p)
 {
@@ -100,8 +100,8 @@ static void refresh_base(void)
 	}
 	if (!base.have_digest) {
 		text = base.text ? base.text : builtin_prompt;
-		crypto_generichash(base.digest, sizeof base.digest,
-				   (const unsigned char *)text, strlen(text), NULL, 0);
+		crypto_generichash(base.digest, sizeof base.digest, (const unsigned char *)text,
+				   strlen(text), NULL, 0);
 		base.have_digest = 1;
 	}
 }
@@ -119,8 +119,8 @@ static int build(const struct user *u, struct buf *out)
 	    buf_printf(out, "\n\nYou are talking with the user \"%s\".", u->username) != BUF_OK)
 		return -1;
 	if (u->context && u->context[0] &&
-	    buf_printf(out, "\n\nWhat the user wants you to know about them:\n%s",
-		       u->context) != BUF_OK)
+	    buf_printf(out, "\n\nWhat the user wants you to know about them:\n%s", u->context) !=
+		    BUF_OK)
 		return -1;
 	return 0;
 }

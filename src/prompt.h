@@ -19,7 +19,7 @@
 struct prompt {
 	char key[PROMPT_KEY_LEN + 1];
 	struct buf text;
-	int hit;          /* found in the cache */
+	int hit; /* found in the cache */
 };
 
 void prompt_init(struct prompt *p);

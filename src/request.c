@@ -279,7 +279,8 @@ static const char *json_string_problem(const char *s, size_t n)
 			return "JSON parse error - control characters in strings must be escaped.";
 		} else if (c == '\\' && i + 1 < n) {
 			if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0)
-				return "JSON parse error - NUL characters (\\u0000) are not allowed.";
+				return "JSON parse error - NUL characters (\\u0000) are not "
+				       "allowed.";
 			i++; /* the escaped character */
 		}
 	}
@@ -318,8 +319,8 @@ static int media_type_is(const char *value, const char *type)
 	return *value == '\0' || *value == ';';
 }
 
-int request_decode_body(const char *body, size_t n, const char *type,
-			cJSON **data, char *reason, size_t reasonlen)
+int request_decode_body(const char *body, size_t n, const char *type, cJSON **data, char *reason,
+			size_t reasonlen)
 {
 	const char *end = NULL, *problem;
 
@@ -330,7 +331,8 @@ int request_decode_body(const char *body, size_t n, const char *type,
 		*data = form_to_json(body, n);
 		if (*data)
 			return 0;
-		snprintf(reason, reasonlen, "Form parse error - invalid encoding, not UTF-8, a "
+		snprintf(reason, reasonlen,
+			 "Form parse error - invalid encoding, not UTF-8, a "
 			 "field given twice or more than 64 fields.");
 		return 400;
 	}
@@ -353,7 +355,8 @@ int request_decode_body(const char *body, size_t n, const char *type,
 		return 500;
 	}
 	if (!utf8_valid(body, n)) {
-		snprintf(reason, reasonlen, "JSON parse error - body is not valid UTF-8 or contains NUL bytes.");
+		snprintf(reason, reasonlen,
+			 "JSON parse error - body is not valid UTF-8 or contains NUL bytes.");
 		return 400;
 	}
 	if ((problem = json_string_problem(body, n)) != NULL) {
@@ -375,7 +378,8 @@ int request_decode_body(const char *body, size_t n, const char *type,
 	if (!cJSON_IsObject(*data)) {
 		snprintf(reason, reasonlen, "Invalid data. Expected a dictionary.");
 	} else if (json_has_duplicate_key(*data)) {
-		snprintf(reason, reasonlen, "JSON parse error - duplicate keys or more than 64 fields in object.");
+		snprintf(reason, reasonlen,
+			 "JSON parse error - duplicate keys or more than 64 fields in object.");
 	} else {
 		return 0;
 	}

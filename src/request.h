@@ -20,22 +20,22 @@ struct worker;
 struct request {
 	FCGX_Request *fcgx;
 	struct worker *worker;
-	const char *method;     /* "GET", ... never NULL */
-	char *path;             /* DOCUMENT_URI without its trailing slash */
-	const char *query;      /* raw QUERY_STRING, never NULL */
+	const char *method; /* "GET", ... never NULL */
+	char *path;	    /* DOCUMENT_URI without its trailing slash */
+	const char *query;  /* raw QUERY_STRING, never NULL */
 	struct buf body;
-	cJSON *data;            /* parsed JSON body or form fields */
+	cJSON *data; /* parsed JSON body or form fields */
 	struct timespec started;
 
 	/* What we answered. */
-	int endpoint;           /* enum metrics_endpoint, set by the router */
+	int endpoint; /* enum metrics_endpoint, set by the router */
 	int status;
 	int headers_sent;
-	int client_gone;        /* a write failed: nginx or the client left */
+	int client_gone; /* a write failed: nginx or the client left */
 	unsigned long long bytes_out;
 	long long user_id;
-	double first_chunk_ms;  /* < 0 until a stream's first chunk */
-	char note[256];         /* extra key=value for the log line */
+	double first_chunk_ms; /* < 0 until a stream's first chunk */
+	char note[256];	       /* extra key=value for the log line */
 };
 
 void request_begin(struct request *r, FCGX_Request *fcgx, struct worker *w);
@@ -63,8 +63,8 @@ int request_field(const struct request *r, const char *name, const char **out);
 /* The body as data: JSON object or form fields.  0 with *data set, or
  * the HTTP status to answer (400, 415, 500) with a reason.  Pure: the
  * fuzzers and unit tests call it directly. */
-int request_decode_body(const char *body, size_t n, const char *content_type,
-			cJSON **data, char *reason, size_t reasonlen);
+int request_decode_body(const char *body, size_t n, const char *content_type, cJSON **data,
+			char *reason, size_t reasonlen);
 
 /* Helpers shared with the tests and fuzzers. */
 int url_decode(const char *s, size_t n, struct buf *out);

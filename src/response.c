@@ -58,8 +58,8 @@ int resp_flush(struct request *r)
 	return 0;
 }
 
-int resp_headers(struct request *r, int status, const char *content_type,
-		 long content_length, const char *extra_headers)
+int resp_headers(struct request *r, int status, const char *content_type, long content_length,
+		 const char *extra_headers)
 {
 	struct buf h;
 	int rc;
@@ -88,8 +88,7 @@ int resp_headers(struct request *r, int status, const char *content_type,
 	return rc;
 }
 
-int resp_json_text(struct request *r, int status, const char *json,
-		   const char *extra_headers)
+int resp_json_text(struct request *r, int status, const char *json, const char *extra_headers)
 {
 	size_t n = strlen(json);
 
@@ -98,8 +97,7 @@ int resp_json_text(struct request *r, int status, const char *json,
 	return resp_write(r, json, n);
 }
 
-int resp_json_headers(struct request *r, int status, cJSON *body,
-			  const char *extra_headers)
+int resp_json_headers(struct request *r, int status, cJSON *body, const char *extra_headers)
 {
 	char *text = body ? cJSON_PrintUnformatted(body) : NULL;
 	int rc;
@@ -117,8 +115,7 @@ int resp_json(struct request *r, int status, cJSON *body)
 	return resp_json_headers(r, status, body, NULL);
 }
 
-int resp_detail_code(struct request *r, int status, const char *detail,
-		     const char *code)
+int resp_detail_code(struct request *r, int status, const char *detail, const char *code)
 {
 	cJSON *o = cJSON_CreateObject();
 
@@ -131,9 +128,8 @@ int resp_detail_code(struct request *r, int status, const char *detail,
 		o = NULL;
 	}
 	/* DRF + SimpleJWT: every 401 names the scheme to use. */
-	return resp_json_headers(r, status, o,
-			      status == 401 ? "WWW-Authenticate: Bearer realm=\"api\"\r\n"
-					    : NULL);
+	return resp_json_headers(
+		r, status, o, status == 401 ? "WWW-Authenticate: Bearer realm=\"api\"\r\n" : NULL);
 }
 
 int resp_detail(struct request *r, int status, const char *detail)

@@ -13,21 +13,18 @@
 struct request;
 
 /* Send status + headers.  extra_headers: "Name: value\r\n..." or NULL. */
-int resp_headers(struct request *r, int status, const char *content_type,
-		 long content_length, const char *extra_headers);
+int resp_headers(struct request *r, int status, const char *content_type, long content_length,
+		 const char *extra_headers);
 /* A complete JSON response from text. */
-int resp_json_text(struct request *r, int status, const char *json,
-		   const char *extra_headers);
+int resp_json_text(struct request *r, int status, const char *json, const char *extra_headers);
 /* A complete JSON response; takes ownership of body. */
 int resp_json(struct request *r, int status, cJSON *body);
 /* The same with extra headers ("Name: value\r\n..."). */
-int resp_json_headers(struct request *r, int status, cJSON *body,
-		      const char *extra_headers);
+int resp_json_headers(struct request *r, int status, cJSON *body, const char *extra_headers);
 /* {"detail": "..."} */
 int resp_detail(struct request *r, int status, const char *detail);
 /* {"detail": "...", "code": "..."} */
-int resp_detail_code(struct request *r, int status, const char *detail,
-		     const char *code);
+int resp_detail_code(struct request *r, int status, const char *detail, const char *code);
 /* {"<field>": ["This field is required."]} style validation error. */
 int resp_field_error(struct request *r, const char *field, const char *message);
 int resp_not_found(struct request *r);

@@ -41,8 +41,8 @@ struct worker_slot {
 	pthread_t thread;
 	struct worker w;
 	pthread_cond_t turn; /* signalled when this worker may accept */
-	int idle;   /* atomic: blocked (or about to block) in accept */
-	int exited; /* atomic */
+	int idle;	     /* atomic: blocked (or about to block) in accept */
+	int exited;	     /* atomic */
 };
 
 /* One worker at a time waits in accept(); the others wait on a stack, and
@@ -52,10 +52,10 @@ struct worker_slot {
  * cold; a stack keeps a few warm ones busy.  Guarded by turns.lock. */
 static struct {
 	pthread_mutex_t lock;
-	int accepting;               /* a worker is in accept() */
+	int accepting;		      /* a worker is in accept() */
 	struct worker_slot **waiting; /* stack, top at n - 1 */
 	int n;
-} turns = { .lock = PTHREAD_MUTEX_INITIALIZER };
+} turns = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* Wait until it is this worker's turn to accept.  0, or -1 when stopping. */
 static int take_turn(struct worker_slot *slot)
@@ -223,7 +223,7 @@ static int run_workers(int *reload)
 	log_info("%s: waiting for requests in progress", *reload ? "reloading" : "stopping");
 	for (;;) {
 		int left = 0;
-		struct timespec tick = { 0, 50 * 1000 * 1000 };
+		struct timespec tick = {0, 50 * 1000 * 1000};
 
 		wake_all();
 		for (i = 0; i < started; i++) {
@@ -253,7 +253,7 @@ static int run_workers(int *reload)
 static void reexec(const char *self)
 {
 	sigset_t none;
-	char *const argv[] = { (char *)self, NULL };
+	char *const argv[] = {(char *)self, NULL};
 
 	/* The new image must start with no signal blocked. */
 	sigemptyset(&none);
@@ -293,8 +293,7 @@ int server_main(const struct server_spec *s)
 		log_error("FCGX_Init failed");
 		return 1;
 	}
-	if (db_pool_init(config.db_path, config.db_pool) < 0 ||
-	    upstream_global_init() < 0) {
+	if (db_pool_init(config.db_path, config.db_pool) < 0 || upstream_global_init() < 0) {
 		log_error("out of memory at startup");
 		return 1;
 	}
@@ -305,7 +304,8 @@ int server_main(const struct server_spec *s)
 	if (metrics_open() < 0)
 		log_warn("metrics unavailable in this process");
 	if (db_checkpointer_start() < 0)
-		log_warn("no checkpointer thread: the WAL is checkpointed by jarvas-admin init only");
+		log_warn("no checkpointer thread: the WAL is checkpointed by jarvas-admin init "
+			 "only");
 	if (s->caps_streams && limits_open(config.workers) < 0)
 		log_warn("the per-user stream cap is not enforced in this process");
 	rc = run_workers(&reload);

@@ -27,17 +27,17 @@ struct worker {
 typedef void (*handler_fn)(struct request *r);
 
 struct route {
-	const char *path;        /* without trailing slash */
-	int endpoint;            /* enum metrics_endpoint */
+	const char *path; /* without trailing slash */
+	int endpoint;	  /* enum metrics_endpoint */
 	handler_fn get, post, delete_;
 };
 
 struct server_spec {
-	const char *name;        /* "token", "chat", "chat_stream" */
+	const char *name; /* "token", "chat", "chat_stream" */
 	const struct route *routes;
 	int nroutes;
-	int uses_passwords;      /* initialise the password-hash limiter */
-	int caps_streams;        /* enforce the per-user open-stream cap */
+	int uses_passwords; /* initialise the password-hash limiter */
+	int caps_streams;   /* enforce the per-user open-stream cap */
 };
 
 int server_main(const struct server_spec *spec);

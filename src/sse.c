@@ -29,7 +29,7 @@ int sse_json_escape(struct buf *out, const char *text, size_t n)
 
 	for (; p < end; p++) {
 		unsigned char c = (unsigned char)*p;
-		char esc[6] = { '\\', 0, '0', '0', 0, 0 };
+		char esc[6] = {'\\', 0, '0', '0', 0, 0};
 		size_t esclen = 2;
 
 		if (c >= 0x20 && c != '"' && c != '\\')
@@ -83,8 +83,7 @@ int sse_chunk(struct sse *s, const char *text, size_t n)
 	s->seq++;
 	if (buf_printf(&s->scratch, "id: %lld:%d\ndata: {\"type\": \"chunk\", \"content\": \"",
 		       s->message_id, s->seq) != BUF_OK ||
-	    sse_json_escape(&s->scratch, text, n) < 0 ||
-	    buf_puts(&s->scratch, "\"}\n\n") != BUF_OK)
+	    sse_json_escape(&s->scratch, text, n) < 0 || buf_puts(&s->scratch, "\"}\n\n") != BUF_OK)
 		return -1;
 	return send_event(s);
 }
@@ -96,8 +95,7 @@ static void add_counter(struct buf *b, const char *name, long long v)
 		buf_printf(b, ", \"%s\": %lld", name, v);
 }
 
-int sse_done(struct sse *s, const char *conversation,
-	     const struct upstream_result *res)
+int sse_done(struct sse *s, const char *conversation, const struct upstream_result *res)
 {
 	buf_reset(&s->scratch);
 	buf_printf(&s->scratch,
@@ -116,7 +114,8 @@ int sse_done(struct sse *s, const char *conversation,
 int sse_error(struct sse *s, const char *message)
 {
 	buf_reset(&s->scratch);
-	if (buf_puts(&s->scratch, "event: error\ndata: {\"type\": \"error\", \"message\": \"") != BUF_OK ||
+	if (buf_puts(&s->scratch, "event: error\ndata: {\"type\": \"error\", \"message\": \"") !=
+		    BUF_OK ||
 	    sse_json_escape(&s->scratch, message, strlen(message)) < 0 ||
 	    buf_puts(&s->scratch, "\"}\n\n") != BUF_OK)
 		return -1;

@@ -18,9 +18,9 @@ struct upstream_result;
 
 struct sse {
 	struct request *r;
-	struct buf scratch;  /* one event at a time, reused */
+	struct buf scratch; /* one event at a time, reused */
 	long long message_id;
-	int seq;             /* chunks sent so far */
+	int seq; /* chunks sent so far */
 };
 
 void sse_init(struct sse *s, struct request *r, long long message_id);
@@ -30,8 +30,7 @@ void sse_free(struct sse *s);
  * -1 once the client is gone. */
 int sse_start(struct sse *s);
 int sse_chunk(struct sse *s, const char *text, size_t n);
-int sse_done(struct sse *s, const char *conversation,
-	     const struct upstream_result *res);
+int sse_done(struct sse *s, const char *conversation, const struct upstream_result *res);
 int sse_error(struct sse *s, const char *message);
 int sse_ping(struct sse *s);
 

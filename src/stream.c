@@ -59,7 +59,7 @@ static int on_content(void *ctx, const char *text, size_t n)
  * even when unread bytes are still queued. */
 static int peer_closed(struct request *r)
 {
-	struct pollfd p = { .fd = r->fcgx->ipcFd, .events = POLLRDHUP };
+	struct pollfd p = {.fd = r->fcgx->ipcFd, .events = POLLRDHUP};
 
 	return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
@@ -90,7 +90,7 @@ static int on_tick(void *ctx)
 
 static void stream_run(struct request *r, int from_query)
 {
-	struct stream_state s = { .r = r };
+	struct stream_state s = {.r = r};
 	struct exchange ex;
 	double started;
 	int complete;
@@ -131,7 +131,9 @@ static void stream_run(struct request *r, int from_query)
 			 ex.message_id);
 	} else {
 		snprintf(r->note, sizeof r->note, "outcome=%s message_id=%lld",
-			 complete ? "done" : s.restarting ? "restarting" : "upstream_error",
+			 complete	? "done"
+			 : s.restarting ? "restarting"
+					: "upstream_error",
 			 ex.message_id);
 	}
 	metrics_stream_duration((now_s() - started) * 1e3);

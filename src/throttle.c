@@ -84,9 +84,8 @@ int throttle_failed(struct db *d, const char *username, const char *addr)
 
 	buf_init(&key, 512);
 	if (db_begin(d) == 0 && make_key(&key, "user", username) == 0 &&
-	    count_failure(d, buf_str(&key), now) == 0 &&
-	    make_key(&key, "addr", addr) == 0 && count_failure(d, buf_str(&key), now) == 0 &&
-	    db_commit(d) == 0)
+	    count_failure(d, buf_str(&key), now) == 0 && make_key(&key, "addr", addr) == 0 &&
+	    count_failure(d, buf_str(&key), now) == 0 && db_commit(d) == 0)
 		rc = 0;
 	else
 		db_rollback(d);

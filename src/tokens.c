@@ -22,8 +22,7 @@ static const char invalid_token[] = "Token is invalid or expired";
 
 /* Collect DRF-style errors for required string fields.  Returns 0 when all
  * are present, else answers 400 with every field's error and returns -1. */
-static int require_fields(struct request *r, const char *const *names,
-			  const char **values, int n)
+static int require_fields(struct request *r, const char *const *names, const char **values, int n)
 {
 	cJSON *errors = cJSON_CreateObject();
 	int i, bad = 0;
@@ -74,11 +73,10 @@ static void send_tokens(struct request *r, long long user_id, int with_refresh)
 	buf_init(&access, JWT_MAX_LEN);
 	buf_init(&refresh, JWT_MAX_LEN);
 	if (!o ||
-	    jwt_sign(&access, JWT_ACCESS, user_id, now, config.access_lifetime,
-		     config.secret, config.secret_len) < 0 ||
-	    (with_refresh &&
-	     jwt_sign(&refresh, JWT_REFRESH, user_id, now, config.refresh_lifetime,
-		      config.secret, config.secret_len) < 0) ||
+	    jwt_sign(&access, JWT_ACCESS, user_id, now, config.access_lifetime, config.secret,
+		     config.secret_len) < 0 ||
+	    (with_refresh && jwt_sign(&refresh, JWT_REFRESH, user_id, now, config.refresh_lifetime,
+				      config.secret, config.secret_len) < 0) ||
 	    (with_refresh && !cJSON_AddStringToObject(o, "refresh", buf_str(&refresh))) ||
 	    !cJSON_AddStringToObject(o, "access", buf_str(&access))) {
 		cJSON_Delete(o);
@@ -106,8 +104,8 @@ static void throttled(struct request *r, long wait)
 
 void tokens_obtain(struct request *r)
 {
-	static const char *const names[] = { "username", "password" };
-	const char *values[2] = { NULL, NULL };
+	static const char *const names[] = {"username", "password"};
+	const char *values[2] = {NULL, NULL};
 	const char *addr = request_param(r, "REMOTE_ADDR");
 	struct user u;
 	struct db *d;
@@ -122,7 +120,8 @@ void tokens_obtain(struct request *r)
 		return;
 	}
 	wait = throttle_check(d, values[0], addr);
-	found = wait == 0 && strlen(values[0]) <= USERNAME_MAX ? users_by_name(d, values[0], &u) : 0;
+	found = wait == 0 && strlen(values[0]) <= USERNAME_MAX ? users_by_name(d, values[0], &u)
+							       : 0;
 	db_release(d);
 	if (wait < 0 || found < 0) {
 		resp_detail(r, 503, "Database unavailable.");
@@ -152,7 +151,7 @@ void tokens_obtain(struct request *r)
 
 void tokens_refresh(struct request *r)
 {
-	static const char *const names[] = { "refresh" };
+	static const char *const names[] = {"refresh"};
 	const char *value = NULL;
 	struct jwt_claims claims;
 	struct user u;
@@ -191,7 +190,7 @@ void tokens_refresh(struct request *r)
 
 void tokens_verify(struct request *r)
 {
-	static const char *const names[] = { "token" };
+	static const char *const names[] = {"token"};
 	const char *value = NULL;
 	struct jwt_claims claims;
 

@@ -6,8 +6,8 @@
 
 #include "request.h"
 
-void tokens_obtain(struct request *r);  /* POST /api/token/ */
+void tokens_obtain(struct request *r);	/* POST /api/token/ */
 void tokens_refresh(struct request *r); /* POST /api/token/refresh/ */
-void tokens_verify(struct request *r);  /* POST /api/token/verify/ */
+void tokens_verify(struct request *r);	/* POST /api/token/verify/ */
 
 #endif

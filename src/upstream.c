@@ -23,8 +23,8 @@
 #include "ndjson.h"
 #include "server.h"
 
-#define LINE_MAX_BYTES (4u << 20)   /* one NDJSON line */
-#define ERROR_BODY_MAX (64u << 10)  /* body of a non-2xx answer we keep */
+#define LINE_MAX_BYTES (4u << 20)  /* one NDJSON line */
+#define ERROR_BODY_MAX (64u << 10) /* body of a non-2xx answer we keep */
 
 struct upstream {
 	CURL *curl;
@@ -40,10 +40,10 @@ struct call_state {
 	struct upstream *u;
 	const struct upstream_call *call;
 	struct upstream_result *res;
-	long http_status;  /* 0 until the first body byte */
-	int done;          /* saw "done": true */
-	int failed;        /* res->kind/error are set */
-	int stopped;       /* a callback asked to stop */
+	long http_status; /* 0 until the first body byte */
+	int done;	  /* saw "done": true */
+	int failed;	  /* res->kind/error are set */
+	int stopped;	  /* a callback asked to stop */
 	double started, last_data;
 	char curl_error[CURL_ERROR_SIZE];
 };
@@ -141,11 +141,10 @@ fail:
 	return NULL;
 }
 
-static void fail_with(struct call_state *s, enum metrics_upstream_error kind,
-		      const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fail_with(struct call_state *s, enum metrics_upstream_error kind, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
-static void fail_with(struct call_state *s, enum metrics_upstream_error kind,
-		      const char *fmt, ...)
+static void fail_with(struct call_state *s, enum metrics_upstream_error kind, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -219,11 +218,13 @@ static int parse_line(void *ctx, const char *line, size_t n)
 	int rc = -1;
 
 	if (s->done) {
-		fail_with(s, METRICS_UE_MALFORMED, "The language model sent data after its last message.");
+		fail_with(s, METRICS_UE_MALFORMED,
+			  "The language model sent data after its last message.");
 		return -1;
 	}
 	if (upstream_line_decode(line, n, &l) < 0) {
-		fail_with(s, METRICS_UE_MALFORMED, "The language model sent a malformed response line.");
+		fail_with(s, METRICS_UE_MALFORMED,
+			  "The language model sent a malformed response line.");
 	} else if (l.error) {
 		fail_with(s, METRICS_UE_ERROR_LINE, "%s", l.error);
 	} else if (l.len && s->call->on_content(s->call->ctx, l.content, l.len) < 0) {
@@ -256,13 +257,13 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ctx)
 	}
 	rc = ndjson_feed(&s->u->nd, p, n, parse_line, s);
 	if (rc == -2)
-		fail_with(s, METRICS_UE_MALFORMED, "The language model sent a line longer than %u bytes.",
-			  LINE_MAX_BYTES);
+		fail_with(s, METRICS_UE_MALFORMED,
+			  "The language model sent a line longer than %u bytes.", LINE_MAX_BYTES);
 	return rc == 0 ? n : 0;
 }
 
-static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow,
-		       curl_off_t ultotal, curl_off_t ulnow)
+static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+		       curl_off_t ulnow)
 {
 	struct call_state *s = ctx;
 	const struct upstream_call *c = s->call;
@@ -279,8 +280,8 @@ static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow,
 		return 1;
 	}
 	if (c->total_timeout && t - s->started > c->total_timeout) {
-		fail_with(s, METRICS_UE_TIMEOUT, "The language model did not finish within %d seconds.",
-			  c->total_timeout);
+		fail_with(s, METRICS_UE_TIMEOUT,
+			  "The language model did not finish within %d seconds.", c->total_timeout);
 		return 1;
 	}
 	return 0;
@@ -332,8 +333,7 @@ static void fail_http(struct call_state *s)
 	cJSON_Delete(o);
 }
 
-int upstream_chat(struct worker *w, const struct upstream_call *call,
-		  struct upstream_result *res)
+int upstream_chat(struct worker *w, const struct upstream_call *call, struct upstream_result *res)
 {
 	struct call_state s;
 	struct upstream *u;
@@ -399,16 +399,19 @@ int upstream_chat(struct worker *w, const struct upstream_call *call,
 		    cc == CURLE_OPERATION_TIMEDOUT)
 			fail_with(&s, METRICS_UE_CONNECT,
 				  "Could not reach the language model at %s: %s",
-				  config.upstream_url, s.curl_error[0] ? s.curl_error : curl_easy_strerror(cc));
+				  config.upstream_url,
+				  s.curl_error[0] ? s.curl_error : curl_easy_strerror(cc));
 		else
 			fail_with(&s, METRICS_UE_CUT,
-				  "The connection to the language model broke before the answer was finished (%s).",
+				  "The connection to the language model broke before the answer "
+				  "was finished (%s).",
 				  s.curl_error[0] ? s.curl_error : curl_easy_strerror(cc));
 	}
 	if (!s.failed && ndjson_pending(&u->nd) > 0)
 		ndjson_feed(&u->nd, "\n", 1, parse_line, &s); /* last line lacked \n */
 	if (!s.failed && !s.done)
-		fail_with(&s, METRICS_UE_CUT, "The language model's answer ended before it was finished.");
+		fail_with(&s, METRICS_UE_CUT,
+			  "The language model's answer ended before it was finished.");
 	if (s.failed) {
 		res->outcome = UPSTREAM_FAILED;
 		metrics_upstream_error(res->kind);

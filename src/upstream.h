@@ -38,7 +38,7 @@ struct upstream_call {
 };
 
 enum upstream_outcome {
-	UPSTREAM_DONE,    /* the model finished ("done": true) */
+	UPSTREAM_DONE,	  /* the model finished ("done": true) */
 	UPSTREAM_STOPPED, /* a callback asked to stop */
 	UPSTREAM_FAILED,  /* see kind and error */
 };
@@ -72,8 +72,7 @@ void upstream_free(struct upstream *u);
 
 /* Run one chat call on this worker's handle.  Returns 0 when the call
  * completed (outcome DONE) and -1 otherwise; res says why. */
-int upstream_chat(struct worker *w, const struct upstream_call *call,
-		  struct upstream_result *res);
+int upstream_chat(struct worker *w, const struct upstream_call *call, struct upstream_result *res);
 
 /* GET /api/tags within timeout_ms.  0 ok, or -1 with a reason. */
 int upstream_health(int timeout_ms, char *err, size_t errlen);

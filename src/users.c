@@ -38,8 +38,7 @@ static int users_fetch(sqlite3_stmt *st, struct user *u)
 	u->context = strdup(ctx ? (const char *)ctx : "");
 	if (!u->context ||
 	    copy_text(u->username, sizeof u->username, sqlite3_column_text(st, 1)) < 0 ||
-	    copy_text(u->password_hash, sizeof u->password_hash,
-		      sqlite3_column_text(st, 3)) < 0) {
+	    copy_text(u->password_hash, sizeof u->password_hash, sqlite3_column_text(st, 3)) < 0) {
 		users_clear(u);
 		return -1;
 	}
@@ -82,15 +81,14 @@ int users_name_valid(const char *name)
 		return 0;
 	for (i = 0; i < n; i++) {
 		char c = name[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-		      (c >= '0' && c <= '9') || strchr("@.+-_", c)))
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      strchr("@.+-_", c)))
 			return 0;
 	}
 	return 1;
 }
 
-int users_create(struct db *d, const char *name, const char *hash, char *err,
-		 size_t errlen)
+int users_create(struct db *d, const char *name, const char *hash, char *err, size_t errlen)
 {
 	static const char sql[] = "INSERT INTO users (username, password_hash) VALUES (?1, ?2)";
 	sqlite3_stmt *st;
@@ -118,8 +116,7 @@ int users_create(struct db *d, const char *name, const char *hash, char *err,
 	return -1;
 }
 
-static int users_update(struct db *d, const char *sql, const char *name,
-			const char *value)
+static int users_update(struct db *d, const char *sql, const char *name, const char *value)
 {
 	sqlite3_stmt *st = db_stmt(d, sql);
 	int rc;

@@ -15,7 +15,7 @@ struct user {
 	char username[USERNAME_MAX + 1];
 	int active;
 	char password_hash[PASSWORD_HASH_MAX];
-	char *context;      /* the user's part of the system prompt; owned */
+	char *context; /* the user's part of the system prompt; owned */
 };
 
 /* 1 found, 0 not found, -1 database error. */
@@ -24,8 +24,7 @@ int users_by_id(struct db *d, long long id, struct user *u);
 void users_clear(struct user *u); /* frees u->context */
 
 /* 0, or -1 (exists, invalid name or database error; reason in err). */
-int users_create(struct db *d, const char *name, const char *hash, char *err,
-		 size_t errlen);
+int users_create(struct db *d, const char *name, const char *hash, char *err, size_t errlen);
 /* 1 changed, 0 no such user, -1 error. */
 int users_set_password(struct db *d, const char *name, const char *hash);
 int users_set_context(struct db *d, const char *name, const char *context);

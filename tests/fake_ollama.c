@@ -129,17 +129,17 @@
 
 #include <cjson/cJSON.h>
 
-#define HEAD_MAX      (64 * 1024)          /* request line + headers */
-#define BODY_MAX      (32 * 1024 * 1024)   /* decoded request body */
-#define IN_MAX        (HEAD_MAX + 2 * BODY_MAX) /* bytes on the wire */
-#define IN_BUSY_MAX   (64 * 1024)          /* read-ahead while responding */
-#define OUT_HIGH      (256 * 1024)         /* stop producing above this */
-#define BUF_KEEP      (64 * 1024)          /* free idle buffers above this */
-#define BUF_MAX       ((size_t)512 * 1024 * 1024)
-#define LOG_CAP       10000
+#define HEAD_MAX (64 * 1024)		 /* request line + headers */
+#define BODY_MAX (32 * 1024 * 1024)	 /* decoded request body */
+#define IN_MAX (HEAD_MAX + 2 * BODY_MAX) /* bytes on the wire */
+#define IN_BUSY_MAX (64 * 1024)		 /* read-ahead while responding */
+#define OUT_HIGH (256 * 1024)		 /* stop producing above this */
+#define BUF_KEEP (64 * 1024)		 /* free idle buffers above this */
+#define BUF_MAX ((size_t)512 * 1024 * 1024)
+#define LOG_CAP 10000
 #define LONG_LINE_MAX (64L * 1024 * 1024)
-#define LINGER_US     (2 * 1000000ULL)
-#define MAX_EVENTS    1024
+#define LINGER_US (2 * 1000000ULL)
+#define MAX_EVENTS 1024
 
 /* ------------------------------------------------------------------ */
 /* growable, bounded byte buffers                                      */
@@ -186,8 +186,7 @@ static int buf_adds(struct buf *b, const char *s)
 	return buf_add(b, s, strlen(s));
 }
 
-static int buf_addf(struct buf *b, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+static int buf_addf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static int buf_addf(struct buf *b, const char *fmt, ...)
 {
@@ -368,9 +367,9 @@ struct ctl {
 	long tokens, delay_ms, first_ms, headers_ms, chunk, split_utf8, status;
 	long error_after, malformed_after, cut_after, nodone, hang, hang_after;
 	long model_missing, garbage, long_line;
-	char *text;          /* NULL: not set; owned */
+	char *text; /* NULL: not set; owned */
 	size_t text_len;
-	char *message;       /* NULL: not set; owned */
+	char *message; /* NULL: not set; owned */
 	size_t message_len;
 };
 
@@ -380,22 +379,22 @@ static const struct ctl_num {
 	long min, max, def;
 	int flag;
 } ctl_nums[] = {
-	{ "tokens", offsetof(struct ctl, tokens), 0, 10000000, 8, 0 },
-	{ "delay_ms", offsetof(struct ctl, delay_ms), 0, 86400000, 0, 0 },
-	{ "first_ms", offsetof(struct ctl, first_ms), 0, 86400000, 0, 0 },
-	{ "headers_ms", offsetof(struct ctl, headers_ms), 0, 86400000, 0, 0 },
-	{ "chunk", offsetof(struct ctl, chunk), 0, BODY_MAX, 0, 0 },
-	{ "split_utf8", offsetof(struct ctl, split_utf8), 0, 1, 0, 1 },
-	{ "status", offsetof(struct ctl, status), 0, 599, 0, 0 },
-	{ "error_after", offsetof(struct ctl, error_after), -1, 10000000, -1, 0 },
-	{ "malformed_after", offsetof(struct ctl, malformed_after), -1, 10000000, -1, 0 },
-	{ "cut_after", offsetof(struct ctl, cut_after), -1, 10000000, -1, 0 },
-	{ "nodone", offsetof(struct ctl, nodone), 0, 1, 0, 1 },
-	{ "hang", offsetof(struct ctl, hang), 0, 1, 0, 1 },
-	{ "hang_after", offsetof(struct ctl, hang_after), 0, 10000000, 0, 0 },
-	{ "model_missing", offsetof(struct ctl, model_missing), 0, 1, 0, 1 },
-	{ "garbage", offsetof(struct ctl, garbage), 0, 1, 0, 1 },
-	{ "long_line", offsetof(struct ctl, long_line), 0, LONG_LINE_MAX, 0, 0 },
+	{"tokens", offsetof(struct ctl, tokens), 0, 10000000, 8, 0},
+	{"delay_ms", offsetof(struct ctl, delay_ms), 0, 86400000, 0, 0},
+	{"first_ms", offsetof(struct ctl, first_ms), 0, 86400000, 0, 0},
+	{"headers_ms", offsetof(struct ctl, headers_ms), 0, 86400000, 0, 0},
+	{"chunk", offsetof(struct ctl, chunk), 0, BODY_MAX, 0, 0},
+	{"split_utf8", offsetof(struct ctl, split_utf8), 0, 1, 0, 1},
+	{"status", offsetof(struct ctl, status), 0, 599, 0, 0},
+	{"error_after", offsetof(struct ctl, error_after), -1, 10000000, -1, 0},
+	{"malformed_after", offsetof(struct ctl, malformed_after), -1, 10000000, -1, 0},
+	{"cut_after", offsetof(struct ctl, cut_after), -1, 10000000, -1, 0},
+	{"nodone", offsetof(struct ctl, nodone), 0, 1, 0, 1},
+	{"hang", offsetof(struct ctl, hang), 0, 1, 0, 1},
+	{"hang_after", offsetof(struct ctl, hang_after), 0, 10000000, 0, 0},
+	{"model_missing", offsetof(struct ctl, model_missing), 0, 1, 0, 1},
+	{"garbage", offsetof(struct ctl, garbage), 0, 1, 0, 1},
+	{"long_line", offsetof(struct ctl, long_line), 0, LONG_LINE_MAX, 0, 0},
 };
 #define CTL_NNUM (sizeof(ctl_nums) / sizeof(ctl_nums[0]))
 
@@ -468,8 +467,7 @@ static char *pct_decode(const char *s, size_t n, size_t *outlen)
 	if (!d)
 		return NULL;
 	for (i = 0; i < n; i++) {
-		if (s[i] == '%' && i + 2 < n &&
-		    hexval((unsigned char)s[i + 1]) >= 0 &&
+		if (s[i] == '%' && i + 2 < n && hexval((unsigned char)s[i + 1]) >= 0 &&
 		    hexval((unsigned char)s[i + 2]) >= 0) {
 			d[o++] = (char)(hexval((unsigned char)s[i + 1]) * 16 +
 					hexval((unsigned char)s[i + 2]));
@@ -508,8 +506,8 @@ static int parse_long(const char *s, size_t n, long *out)
 
 static int parse_flag(const char *s, size_t n, long *out)
 {
-	static const char *const yes[] = { "true", "yes", "on" };
-	static const char *const no[] = { "false", "no", "off" };
+	static const char *const yes[] = {"true", "yes", "on"};
+	static const char *const no[] = {"false", "no", "off"};
 	size_t i;
 
 	for (i = 0; i < 3; i++) {
@@ -530,8 +528,7 @@ static const struct ctl_num *ctl_find(const char *key, size_t klen)
 	size_t i;
 
 	for (i = 0; i < CTL_NNUM; i++)
-		if (strlen(ctl_nums[i].name) == klen &&
-		    memcmp(ctl_nums[i].name, key, klen) == 0)
+		if (strlen(ctl_nums[i].name) == klen && memcmp(ctl_nums[i].name, key, klen) == 0)
 			return &ctl_nums[i];
 	return NULL;
 }
@@ -548,8 +545,8 @@ static int ctl_set_num(struct ctl *c, const struct ctl_num *d, long v)
 
 /* Sets one key from a string value; decode selects %-decoding for text and
  * message.  -1 for an unknown key or a bad value (the caller ignores it). */
-static int ctl_set(struct ctl *c, const char *key, size_t klen,
-		   const char *val, size_t vlen, int decode)
+static int ctl_set(struct ctl *c, const char *key, size_t klen, const char *val, size_t vlen,
+		   int decode)
 {
 	const struct ctl_num *d;
 	char **sp = NULL;
@@ -588,8 +585,7 @@ static int ctl_set(struct ctl *c, const char *key, size_t klen,
 
 static int is_ws(int ch)
 {
-	return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' ||
-	       ch == '\f' || ch == '\v';
+	return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == '\v';
 }
 
 /* Applies every "[[fake k=v ...]]" directive found in s[0..n), in order. */
@@ -612,8 +608,8 @@ static void ctl_apply_directives(struct ctl *c, const char *s, size_t n)
 				p++;
 			eq = memchr(tok, '=', (size_t)(p - tok));
 			if (eq && eq > tok)
-				ctl_set(c, tok, (size_t)(eq - tok), eq + 1,
-					(size_t)(p - eq - 1), 1);
+				ctl_set(c, tok, (size_t)(eq - tok), eq + 1, (size_t)(p - eq - 1),
+					1);
 		}
 		p = close + 2;
 	}
@@ -628,7 +624,8 @@ static int ctl_apply_json(struct ctl *c, const cJSON *obj)
 
 	if (!cJSON_IsObject(obj))
 		return -1;
-	cJSON_ArrayForEach(it, obj) {
+	cJSON_ArrayForEach(it, obj)
+	{
 		const char *k = it->string;
 		size_t kl;
 
@@ -689,17 +686,17 @@ static cJSON *ctl_to_json(const struct ctl *c)
 struct rec {
 	uint64_t seq;
 	int64_t arrived_at, closed_at, finished_at;
-	char *body;          /* NUL-terminated copy of the request body */
+	char *body; /* NUL-terminated copy of the request body */
 	size_t body_len;
-	char *model;         /* NULL if none */
-	char *last;          /* last message content, NULL if none */
+	char *model; /* NULL if none */
+	char *last;  /* last message content, NULL if none */
 	long message_count, tokens_sent;
 	int status, stream, client_closed, finished;
 };
 
 static struct rec *g_ring[LOG_CAP];
-static uint64_t g_seq;            /* last seq handed out; never reset */
-static uint64_t g_first_seq = 1;  /* seqs below were cleared by a reset */
+static uint64_t g_seq;		 /* last seq handed out; never reset */
+static uint64_t g_first_seq = 1; /* seqs below were cleared by a reset */
 
 static void rec_free(struct rec *r)
 {
@@ -806,12 +803,12 @@ enum { CK_SIZE, CK_DATA, CK_CRLF, CK_TRAILER };
 struct job {
 	struct ctl ctl;
 	uint64_t seq;
-	struct buf prefix;      /* {"model":"M","created_at":" */
+	struct buf prefix; /* {"model":"M","created_at":" */
 	char *model;
-	struct buf acc;         /* non-stream: the content so far */
-	uint64_t due;           /* mono_us of the next step */
+	struct buf acc; /* non-stream: the content so far */
+	uint64_t due;	/* mono_us of the next step */
 	uint64_t t0_ns, t_first_ns;
-	long sent;              /* tokens (or garbage lines) sent */
+	long sent; /* tokens (or garbage lines) sent */
 	size_t text_pos;
 	long prompt_tokens;
 	int phase, stream, load_only, status;
@@ -829,13 +826,13 @@ struct conn {
 	uint32_t ev;
 	struct buf in, out;
 	size_t out_off;
-	struct buf body;        /* decoded chunked request body */
+	struct buf body; /* decoded chunked request body */
 	struct req req;
 	int have_head, continue_sent;
 	int ck_state;
 	size_t ck_pos, ck_left;
 	int keepalive, http10, head_only, closing, lingering, has_job;
-	long hidx;              /* index in the timer heap, -1 if absent */
+	long hidx; /* index in the timer heap, -1 if absent */
 	struct job job;
 	struct conn *prev, *next;
 };
@@ -844,7 +841,7 @@ static int g_ep = -1, g_lfd = -1, g_sfd = -1, g_spare = -1, g_logfd = -1;
 static int g_quiet, g_stop;
 static char g_tag_listen, g_tag_signal;
 static struct ctl g_cfg;
-static struct buf g_line;       /* scratch for one output line */
+static struct buf g_line; /* scratch for one output line */
 static struct conn *g_conns;
 static long g_nconns, g_active, g_total, g_client_closed;
 /* Timer min-heap; the deadline sits beside the pointer so that sifting
@@ -984,8 +981,7 @@ static const char *reason_phrase(int status)
 }
 
 /* Queues a complete response with a Content-Length body. */
-static int conn_reply(struct conn *c, int status, const char *ctype,
-		      const char *body, size_t n)
+static int conn_reply(struct conn *c, int status, const char *ctype, const char *body, size_t n)
 {
 	const char *conn_hdr = "";
 
@@ -993,9 +989,10 @@ static int conn_reply(struct conn *c, int status, const char *ctype,
 		conn_hdr = "Connection: close\r\n";
 	else if (c->http10)
 		conn_hdr = "Connection: keep-alive\r\n";
-	if (buf_addf(&c->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nDate: %s\r\n"
-		     "Content-Length: %zu\r\n%s\r\n", status, reason_phrase(status),
-		     ctype, http_date(), n, conn_hdr) < 0)
+	if (buf_addf(&c->out,
+		     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nDate: %s\r\n"
+		     "Content-Length: %zu\r\n%s\r\n",
+		     status, reason_phrase(status), ctype, http_date(), n, conn_hdr) < 0)
 		return -1;
 	return c->head_only ? 0 : buf_add(&c->out, body, n);
 }
@@ -1031,8 +1028,11 @@ static int conn_reply_cjson(struct conn *c, int status, cJSON *o)
 /* --- job: the /api/chat response machine ---------------------------- */
 
 static const char *const default_tokens[10] = {
-	"Olá", "!", " Tudo", " bem", "?", " \"quoted\"", " new\nline",
-	" emoji \xF0\x9F\x8E\x89", " tab\there", " back\\slash",
+	"Olá",	      "!",
+	" Tudo",      " bem",
+	"?",	      " \"quoted\"",
+	" new\nline", " emoji \xF0\x9F\x8E\x89",
+	" tab\there", " back\\slash",
 };
 
 static size_t piece_len(const struct ctl *ctl, size_t pos)
@@ -1097,8 +1097,7 @@ static int emit_chunk(struct conn *c, const char *p, size_t n)
 static int line_begin(struct job *j)
 {
 	g_line.len = 0;
-	if (buf_add(&g_line, j->prefix.p, j->prefix.len) < 0 ||
-	    buf_add_created(&g_line) < 0 ||
+	if (buf_add(&g_line, j->prefix.p, j->prefix.len) < 0 || buf_add_created(&g_line) < 0 ||
 	    buf_adds(&g_line, "\",\"message\":{\"role\":\"assistant\",\"content\":") < 0)
 		return -1;
 	return 0;
@@ -1117,18 +1116,19 @@ static int line_final(struct job *j, const char *content, size_t n)
 		return buf_adds(&g_line, "},\"done\":false}");
 	if (j->load_only)
 		return buf_adds(&g_line, "},\"done\":true,\"done_reason\":\"load\"}");
-	return buf_addf(&g_line, "},\"done\":true,\"done_reason\":\"stop\","
+	return buf_addf(&g_line,
+			"},\"done\":true,\"done_reason\":\"stop\","
 			"\"total_duration\":%llu,\"load_duration\":%llu,"
 			"\"prompt_eval_count\":%ld,\"prompt_eval_duration\":%llu,"
 			"\"eval_count\":%ld,\"eval_duration\":%llu}",
-			(unsigned long long)total, (unsigned long long)load,
-			j->prompt_tokens, (unsigned long long)prompt, j->sent,
-			(unsigned long long)eval);
+			(unsigned long long)total, (unsigned long long)load, j->prompt_tokens,
+			(unsigned long long)prompt, j->sent, (unsigned long long)eval);
 }
 
 static int line_garbage(long k)
 {
-	static const char junk[] = "\xff\xfe\x00\x01garbage\x80\x81{\"[[\xc3\x28\x1b[0m not json \xf0\x28\x8c\xbc";
+	static const char junk[] =
+		"\xff\xfe\x00\x01garbage\x80\x81{\"[[\xc3\x28\x1b[0m not json \xf0\x28\x8c\xbc";
 
 	g_line.len = 0;
 	if (buf_add(&g_line, junk, sizeof(junk) - 1) < 0 ||
@@ -1146,7 +1146,7 @@ static int job_end(struct conn *c, int status)
 	j->phase = PH_DRAIN;
 	if (j->stream && status == 200) {
 		if (c->http10)
-			c->keepalive = 0;       /* the end of the body is the FIN */
+			c->keepalive = 0; /* the end of the body is the FIN */
 		else if (buf_add(&c->out, "0\r\n\r\n", 5) < 0)
 			return -1;
 	}
@@ -1171,7 +1171,7 @@ static int job_head(struct conn *c)
 	size_t n;
 
 	if (j->ctl.model_missing) {
-		struct buf m = { 0 };
+		struct buf m = {0};
 		int rc;
 
 		if (buf_addf(&m, "model \"%s\" not found, try pulling it first", j->model) < 0) {
@@ -1190,11 +1190,14 @@ static int job_head(struct conn *c)
 			return -1;
 		return job_end(c, (int)j->ctl.status);
 	}
-	if (j->stream && buf_addf(&c->out, "HTTP/1.1 200 OK\r\n"
-				  "Content-Type: application/x-ndjson\r\nDate: %s\r\n%s\r\n",
-				  http_date(), c->http10 ? "Connection: close\r\n" :
-				  c->keepalive ? "Transfer-Encoding: chunked\r\n" :
-				  "Transfer-Encoding: chunked\r\nConnection: close\r\n") < 0)
+	if (j->stream &&
+	    buf_addf(&c->out,
+		     "HTTP/1.1 200 OK\r\n"
+		     "Content-Type: application/x-ndjson\r\nDate: %s\r\n%s\r\n",
+		     http_date(),
+		     c->http10	    ? "Connection: close\r\n"
+		     : c->keepalive ? "Transfer-Encoding: chunked\r\n"
+				    : "Transfer-Encoding: chunked\r\nConnection: close\r\n") < 0)
 		return -1;
 	j->phase = PH_BODY;
 	j->due += (uint64_t)j->ctl.first_ms * 1000;
@@ -1243,15 +1246,15 @@ static int job_slot(struct conn *c)
 	}
 	if (j->ctl.garbage) {
 		if (k >= j->ctl.tokens) {
-			if (!j->stream && conn_reply_json(c, 200, j->acc.p ? j->acc.p : "",
-							  j->acc.len) < 0)
+			if (!j->stream &&
+			    conn_reply_json(c, 200, j->acc.p ? j->acc.p : "", j->acc.len) < 0)
 				return -1;
 			return job_end(c, 200);
 		}
 		if (line_garbage(k) < 0)
 			return -1;
-		if (j->stream ? emit_chunk(c, g_line.p, g_line.len) :
-				buf_add(&j->acc, g_line.p, g_line.len))
+		if (j->stream ? emit_chunk(c, g_line.p, g_line.len)
+			      : buf_add(&j->acc, g_line.p, g_line.len))
 			return -1;
 	} else if (!job_next_token(j, &p, &n)) {
 		if (!j->stream) {
@@ -1304,7 +1307,7 @@ static int job_pump(struct conn *c)
 		}
 		rc = j->phase == PH_HEAD ? job_head(c) : job_slot(c);
 		if (rc < 0)
-			j->phase = PH_CUT;      /* out of memory: give up on it */
+			j->phase = PH_CUT; /* out of memory: give up on it */
 	}
 	if (j->phase != PH_HEAD && j->phase != PH_BODY)
 		tmr_del(c);
@@ -1338,7 +1341,7 @@ static void job_done(struct conn *c, int how)
 			if (s) {
 				size_t n = strlen(s);
 
-				s[n] = '\n';   /* replaces the NUL; n+1 bytes written */
+				s[n] = '\n'; /* replaces the NUL; n+1 bytes written */
 				if (write(g_logfd, s, n + 1) < 0)
 					perror("fake_ollama: request log");
 				cJSON_free(s);
@@ -1348,10 +1351,11 @@ static void job_done(struct conn *c, int how)
 	if (how == DONE_PEER)
 		g_client_closed++;
 	if (!g_quiet)
-		fprintf(stderr, "fake_ollama seq=%llu model=%s stream=%d status=%d tokens=%ld "
-			"client_closed=%d ms=%llu\n", (unsigned long long)j->seq,
-			j->model ? j->model : "-", j->stream, r ? r->status : j->status,
-			j->sent, how == DONE_PEER,
+		fprintf(stderr,
+			"fake_ollama seq=%llu model=%s stream=%d status=%d tokens=%ld "
+			"client_closed=%d ms=%llu\n",
+			(unsigned long long)j->seq, j->model ? j->model : "-", j->stream,
+			r ? r->status : j->status, j->sent, how == DONE_PEER,
 			(unsigned long long)((mono_ns() - j->t0_ns) / 1000000));
 	ctl_free(&j->ctl);
 	buf_free(&j->prefix);
@@ -1370,8 +1374,8 @@ static void job_done(struct conn *c, int how)
 
 static int is_tchar(int ch)
 {
-	return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-	       (ch >= '0' && ch <= '9') || (ch && strchr("!#$%&'*+-.^_`|~", ch));
+	return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+	       (ch && strchr("!#$%&'*+-.^_`|~", ch));
 }
 
 static int ieq(const char *a, size_t an, const char *b)
@@ -1409,7 +1413,7 @@ static int http_parse_head(struct conn *c, int *status)
 
 	while (lead < n && (b[lead] == '\r' || b[lead] == '\n'))
 		lead++;
-	if (lead) {                   /* stray CRLFs between requests */
+	if (lead) { /* stray CRLFs between requests */
 		memmove(b, b + lead, n - lead);
 		c->in.len = n -= lead;
 	}
@@ -1460,19 +1464,20 @@ static int http_parse_head(struct conn *c, int *status)
 		return -1;
 	r->http10 = sp2[8] == '0';
 	tlen = (size_t)(sp1 - line);
-	r->method = tlen == 3 && !memcmp(line, "GET", 3) ? M_GET :
-		    tlen == 4 && !memcmp(line, "HEAD", 4) ? M_HEAD :
-		    tlen == 4 && !memcmp(line, "POST", 4) ? M_POST : M_OTHER;
+	r->method = tlen == 3 && !memcmp(line, "GET", 3)    ? M_GET
+		    : tlen == 4 && !memcmp(line, "HEAD", 4) ? M_HEAD
+		    : tlen == 4 && !memcmp(line, "POST", 4) ? M_POST
+							    : M_OTHER;
 	v = sp1 + 1;
 	for (i = 0; v + i < sp2; i++)
 		if ((unsigned char)v[i] <= 0x20 || v[i] == 0x7f)
 			return -1;
 	if ((sp2 - v > 7 && !strncasecmp(v, "http://", 7)) ||
 	    (sp2 - v > 8 && !strncasecmp(v, "https://", 8))) {
-		v = memchr(v, '/', (size_t)(sp2 - v)) + 2;   /* after "//" */
+		v = memchr(v, '/', (size_t)(sp2 - v)) + 2; /* after "//" */
 		v = memchr(v, '/', (size_t)(sp2 - v));
 		if (!v)
-			v = sp2;                              /* empty path */
+			v = sp2; /* empty path */
 	}
 	r->path_off = (size_t)(v - b);
 	for (ve = v; ve < sp2 && *ve != '?' && *ve != '#'; ve++)
@@ -1493,9 +1498,9 @@ static int http_parse_head(struct conn *c, int *status)
 		if (ve > line && ve[-1] == '\r')
 			ve--;
 		if (ve == line)
-			break;                                /* the blank line */
+			break; /* the blank line */
 		if (*line == ' ' || *line == '\t')
-			return -1;                            /* obs-fold */
+			return -1; /* obs-fold */
 		colon = memchr(line, ':', (size_t)(ve - line));
 		if (!colon || colon == line)
 			return -1;
@@ -1576,7 +1581,8 @@ static int http_chunked(struct conn *c, int *status)
 			if (!digits)
 				return *status = 400, -1;
 			/* allow chunk extensions, spaces and CR before LF */
-			if (p + i < nl && p[i] != ';' && p[i] != ' ' && p[i] != '\t' && p[i] != '\r')
+			if (p + i < nl && p[i] != ';' && p[i] != ' ' && p[i] != '\t' &&
+			    p[i] != '\r')
 				return *status = 400, -1;
 			if (size > BODY_MAX - c->body.len)
 				return *status = 413, -1;
@@ -1656,8 +1662,8 @@ static int route_chat(struct conn *c, const char *body, size_t blen)
 	model = cJSON_GetObjectItem(root, "model");
 	stream = cJSON_GetObjectItem(root, "stream");
 	msgs = cJSON_GetObjectItem(root, "messages");
-	if (cJSON_IsString(model) && r && !(r->model = mem_dup(model->valuestring,
-							      strlen(model->valuestring))))
+	if (cJSON_IsString(model) && r &&
+	    !(r->model = mem_dup(model->valuestring, strlen(model->valuestring))))
 		goto oom;
 	if (!cJSON_IsString(model) || !model->valuestring[0]) {
 		err = "model is required";
@@ -1672,7 +1678,8 @@ static int route_chat(struct conn *c, const char *body, size_t blen)
 		goto bad;
 	}
 	last = NULL;
-	cJSON_ArrayForEach(m, msgs) {
+	cJSON_ArrayForEach(m, msgs)
+	{
 		count++;
 		last = m;
 		content = cJSON_GetObjectItem(m, "content");
@@ -1686,7 +1693,7 @@ static int route_chat(struct conn *c, const char *body, size_t blen)
 	memset(j, 0, sizeof(*j));
 	if (ctl_copy(&j->ctl, &g_cfg) < 0)
 		goto oom;
-	c->has_job = 1;              /* from here on job_done() releases it */
+	c->has_job = 1; /* from here on job_done() releases it */
 	g_active++;
 	j->seq = r ? r->seq : 0;
 	j->stream = !cJSON_IsFalse(stream);
@@ -1834,9 +1841,10 @@ static int route(struct conn *c, const char *body, size_t blen)
 				      c->req.query_len);
 	if (get && path_is(c, "/_fake/stats")) {
 		g_line.len = 0;
-		if (buf_addf(&g_line, "{\"active\":%ld,\"total\":%ld,\"client_closed\":%ld,"
-			     "\"connections\":%ld}", g_active, g_total, g_client_closed,
-			     g_nconns) < 0)
+		if (buf_addf(&g_line,
+			     "{\"active\":%ld,\"total\":%ld,\"client_closed\":%ld,"
+			     "\"connections\":%ld}",
+			     g_active, g_total, g_client_closed, g_nconns) < 0)
 			return -1;
 		return conn_reply_json(c, 200, g_line.p, g_line.len);
 	}
@@ -2019,7 +2027,7 @@ static int conn_progress(struct conn *c)
 				job_done(c, DONE_OK);
 				return conn_close(c, DONE_OK);
 			}
-			job_done(c, DONE_OK);       /* PH_DRAIN: all delivered */
+			job_done(c, DONE_OK); /* PH_DRAIN: all delivered */
 			continue;
 		}
 		if (c->closing)
@@ -2184,8 +2192,8 @@ static int listen_on(const char *addr, const char *port, char *shown, size_t sho
 	    getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), serv, sizeof(serv),
 			NI_NUMERICHOST | NI_NUMERICSERV) != 0)
 		goto fail;
-	if (snprintf(shown, shown_len, ss.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s",
-		     host, serv) >= (int)shown_len)
+	if (snprintf(shown, shown_len, ss.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host,
+		     serv) >= (int)shown_len)
 		goto fail;
 	freeaddrinfo(ai);
 	return fd;
@@ -2219,8 +2227,9 @@ static void loop(void)
 		if (g_heap_len) {
 			now = mono_us();
 			d = g_heap[0].due;
-			timeout = d <= now ? 0 : (d - now + 999) / 1000 > 60000 ? 60000 :
-				  (int)((d - now + 999) / 1000);
+			timeout = d <= now			   ? 0
+				  : (d - now + 999) / 1000 > 60000 ? 60000
+								   : (int)((d - now + 999) / 1000);
 		}
 		n = epoll_wait(g_ep, evs, MAX_EVENTS, timeout);
 		if (n < 0) {
@@ -2292,8 +2301,8 @@ int main(int argc, char **argv)
 		perror("fake_ollama: signalfd");
 		goto out;
 	}
-	if (logfile && (g_logfd = open(logfile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
-				       0644)) < 0) {
+	if (logfile &&
+	    (g_logfd = open(logfile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) < 0) {
 		fprintf(stderr, "fake_ollama: %s: %s\n", logfile, strerror(errno));
 		goto out;
 	}

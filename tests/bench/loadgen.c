@@ -75,22 +75,31 @@
 #include <time.h>
 #include <unistd.h>
 
-#define READ_BUF     (256 * 1024)
-#define HEAD_MAX     (64 * 1024)       /* status line + headers */
+#define READ_BUF (256 * 1024)
+#define HEAD_MAX (64 * 1024)	       /* status line + headers */
 #define LINE_MAX_LEN (4 * 1024 * 1024) /* one SSE or NDJSON line */
-#define MAX_EVENTS   1024
-#define MAX_GROUPS   8
-#define MAX_PIDS     64
-#define SAMPLE_MS    100
-#define SAMPLES_MAX  (64L * 1024 * 1024) /* recorded values per series */
+#define MAX_EVENTS 1024
+#define MAX_GROUPS 8
+#define MAX_PIDS 64
+#define SAMPLE_MS 100
+#define SAMPLES_MAX (64L * 1024 * 1024) /* recorded values per series */
 
 enum mode { M_SSE, M_NDJSON, M_RR };
 enum cstate { C_CONNECTING, C_SENDING, C_HEAD, C_BODY };
 enum framing { F_CLEN, F_CHUNKED, F_CLOSE };
 enum chunked { CH_SIZE, CH_EXT, CH_DATA, CH_DATA_END, CH_TRAILER };
 enum event { EV_MESSAGE, EV_DONE, EV_ERROR, EV_OTHER };
-enum reason { R_CONNECT, R_STATUS, R_NO_DONE, R_ERROR_EVENT, R_CLOSED, R_RESET, R_BAD_HTTP,
-	      R_TIMEOUT, R_COUNT };
+enum reason {
+	R_CONNECT,
+	R_STATUS,
+	R_NO_DONE,
+	R_ERROR_EVENT,
+	R_CLOSED,
+	R_RESET,
+	R_BAD_HTTP,
+	R_TIMEOUT,
+	R_COUNT
+};
 
 /* connect: connect() or socket() failed (errno on stderr); status: not 200
  * (streams); ended_without_done: the response ended, or the connection
@@ -99,8 +108,14 @@ enum reason { R_CONNECT, R_STATUS, R_NO_DONE, R_ERROR_EVENT, R_CLOSED, R_RESET, 
  * or write error (ECONNRESET...); bad_http: unparsable response; timeout:
  * still open at -T. */
 static const char *const reason_name[R_COUNT] = {
-	"connect", "status", "ended_without_done", "error_event", "closed_before_response",
-	"reset", "bad_http", "timeout",
+	"connect",
+	"status",
+	"ended_without_done",
+	"error_event",
+	"closed_before_response",
+	"reset",
+	"bad_http",
+	"timeout",
 };
 
 /* A growable array of samples (milliseconds), capped at SAMPLES_MAX. */
@@ -119,10 +134,10 @@ struct bytes {
 struct conn {
 	int fd;
 	enum cstate state;
-	long seq;           /* request number, for "{i}" */
-	char *req;          /* the request on the wire (owned) */
+	long seq;  /* request number, for "{i}" */
+	char *req; /* the request on the wire (owned) */
 	size_t reqlen, sent;
-	struct bytes in;    /* header bytes until parsed, then a partial line */
+	struct bytes in; /* header bytes until parsed, then a partial line */
 	int status;
 	enum framing framing;
 	enum chunked ch;
@@ -134,7 +149,7 @@ struct conn {
 	int got_done, got_error;
 	long nchunks;
 	double t_start, t_last; /* connect(); the last chunk */
-	double t_req;           /* rr: the request was sent */
+	double t_req;		/* rr: the request was sent */
 	struct conn *next_free;
 };
 
@@ -172,8 +187,8 @@ static struct {
 	long rss_first, rss_peak, streaming_at_rss_peak, rss_at_max_streaming, max_streaming;
 	int rss_samples;
 	double next_sample, next_progress;
-	double busy0;     /* machine_busy_s() at the start */
-	long overflows0;  /* listen_overflows() at the start */
+	double busy0;	 /* machine_busy_s() at the start */
+	long overflows0; /* listen_overflows() at the start */
 	char rbuf[READ_BUF];
 } g;
 
@@ -482,7 +497,7 @@ static void expand(struct bytes *b, const char *s, long seq)
 
 static void build_request(struct conn *c)
 {
-	struct bytes b = { 0 }, body = { 0 };
+	struct bytes b = {0}, body = {0};
 	char line[256];
 
 	if (opt.body)
@@ -834,7 +849,8 @@ static int parse_head(struct conn *c)
 		if (strcasecmp(line, "content-length") == 0 && c->framing != F_CHUNKED) {
 			c->framing = F_CLEN;
 			c->remaining = strtoull(colon, NULL, 10);
-		} else if (strcasecmp(line, "transfer-encoding") == 0 && strcasestr(colon, "chunked")) {
+		} else if (strcasecmp(line, "transfer-encoding") == 0 &&
+			   strcasestr(colon, "chunked")) {
 			c->framing = F_CHUNKED;
 		} else if (strcasecmp(line, "connection") == 0) {
 			if (strcasestr(colon, "close"))
@@ -933,7 +949,7 @@ static int on_bytes(struct conn *c, const char *p, size_t n, double now)
 				return 0;
 			}
 			i = (size_t)(end - c->in.p) + 4; /* head length */
-			take = i - old;                   /* of these new bytes */
+			take = i - old;			 /* of these new bytes */
 			c->in.len = i;
 			if (parse_head(c) < 0) {
 				finish(c, R_BAD_HTTP);
@@ -1191,7 +1207,7 @@ static void raise_nofile(void)
 
 static void report(double now)
 {
-	const char *modes[] = { "sse", "ndjson", "rr" };
+	const char *modes[] = {"sse", "ndjson", "rr"};
 	double elapsed = (now - g.t0) / 1e3;
 	int i, first = 1;
 

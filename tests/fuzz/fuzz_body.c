@@ -35,13 +35,13 @@
 
 #include "request.h"
 
-#define FUZZ_ASSERT(cond)                                                      \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			fprintf(stderr, "fuzz_body: invariant failed at %s:%d: %s\n", \
-				__FILE__, __LINE__, #cond);                    \
-			abort();                                               \
-		}                                                              \
+#define FUZZ_ASSERT(cond)                                                                          \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "fuzz_body: invariant failed at %s:%d: %s\n", __FILE__,    \
+				__LINE__, #cond);                                                  \
+			abort();                                                                   \
+		}                                                                                  \
 	} while (0)
 
 static const char *const types[] = {
@@ -221,8 +221,8 @@ static void check_json(const char *body, size_t n, int status, const cJSON *data
 	}
 	/* A clean object of up to 64 distinct keys, nothing refused in it. */
 	if (clean && cJSON_IsObject(strict) && cJSON_GetArraySize(strict) <= 64 &&
-	    !has_duplicate_key(strict) && utf8_valid(body, n) &&
-	    !contains(body, n, "\\u0000") && !raw_control_in_string(body, n))
+	    !has_duplicate_key(strict) && utf8_valid(body, n) && !contains(body, n, "\\u0000") &&
+	    !raw_control_in_string(body, n))
 		FUZZ_ASSERT(status == 0);
 	cJSON_Delete(strict);
 }

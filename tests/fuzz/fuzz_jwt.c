@@ -28,13 +28,13 @@
 
 #include "jwt.h"
 
-#define FUZZ_ASSERT(cond)                                                      \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			fprintf(stderr, "fuzz_jwt: invariant failed at %s:%d: %s\n", \
-				__FILE__, __LINE__, #cond);                    \
-			abort();                                               \
-		}                                                              \
+#define FUZZ_ASSERT(cond)                                                                          \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "fuzz_jwt: invariant failed at %s:%d: %s\n", __FILE__,     \
+				__LINE__, #cond);                                                  \
+			abort();                                                                   \
+		}                                                                                  \
 	} while (0)
 
 /* The seed tokens in corpus/jwt/ are signed with this key. */
@@ -73,8 +73,7 @@ static unsigned char *unb64(const char *s, size_t n, size_t *outlen)
 	const char *end = NULL;
 
 	FUZZ_ASSERT(out);
-	if (sodium_base642bin(out, n + 1, s, n, NULL, outlen, &end, B64) != 0 ||
-	    end != s + n) {
+	if (sodium_base642bin(out, n + 1, s, n, NULL, outlen, &end, B64) != 0 || end != s + n) {
 		free(out);
 		return NULL;
 	}
@@ -86,8 +85,7 @@ static unsigned char *unb64(const char *s, size_t n, size_t *outlen)
  * unless FUZZ_JWT_STRICT_B64 is defined such a byte counts as '_' here:
  * the quirk is known and only makes the signature's spelling malleable,
  * never forgeable (the HMAC covers the header and payload text). */
-static void check_canonical(const char *s, size_t n, const unsigned char *raw,
-			    size_t len)
+static void check_canonical(const char *s, size_t n, const unsigned char *raw, size_t len)
 {
 	char *again = b64(raw, len);
 	size_t i;
@@ -173,8 +171,8 @@ static void check_accepted(const char *token, const struct jwt_claims *c)
 	FUZZ_ASSERT(jwt_verify(token, key, keylen, (time_t)c->exp, &again) < 0);
 	/* Verifying is a pure function of its inputs. */
 	FUZZ_ASSERT(jwt_verify(token, key, keylen, FUZZ_NOW, &again) == 0);
-	FUZZ_ASSERT(again.type == c->type && again.exp == c->exp &&
-		    again.user_id == c->user_id && strcmp(again.jti, c->jti) == 0);
+	FUZZ_ASSERT(again.type == c->type && again.exp == c->exp && again.user_id == c->user_id &&
+		    strcmp(again.jti, c->jti) == 0);
 }
 
 static void verify_token(const char *token)

@@ -31,16 +31,16 @@
 #include "ndjson.h"
 #include "upstream.h"
 
-#define FUZZ_ASSERT(cond)                                                      \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			fprintf(stderr, "fuzz_ndjson: invariant failed at %s:%d: %s\n", \
-				__FILE__, __LINE__, #cond);                    \
-			abort();                                               \
-		}                                                              \
+#define FUZZ_ASSERT(cond)                                                                          \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "fuzz_ndjson: invariant failed at %s:%d: %s\n", __FILE__,  \
+				__LINE__, #cond);                                                  \
+			abort();                                                                   \
+		}                                                                                  \
 	} while (0)
 
-static const size_t line_max[] = { 8, 64, 4096, 4u << 20 };
+static const size_t line_max[] = {8, 64, 4096, 4u << 20};
 
 /* Lines as "<len as size_t><bytes>" records, one after another. */
 struct lines {
@@ -90,8 +90,7 @@ static int on_line(void *ctx, const char *line, size_t n)
 
 /* The reference split.  Returns 0, -1 (stopped) or -2 (overlong line),
  * as ndjson_feed() should; *tail is the unterminated rest. */
-static int reference(const char *p, size_t n, size_t max, struct lines *l,
-		     size_t *tail)
+static int reference(const char *p, size_t n, size_t max, struct lines *l, size_t *tail)
 {
 	size_t start = 0;
 

@@ -21,19 +21,19 @@
 #include "buf.h"
 #include "request.h"
 
-#define FUZZ_ASSERT(cond)                                                      \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			fprintf(stderr, "fuzz_query: invariant failed at %s:%d: %s\n", \
-				__FILE__, __LINE__, #cond);                    \
-			abort();                                               \
-		}                                                              \
+#define FUZZ_ASSERT(cond)                                                                          \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "fuzz_query: invariant failed at %s:%d: %s\n", __FILE__,   \
+				__LINE__, #cond);                                                  \
+			abort();                                                                   \
+		}                                                                                  \
 	} while (0)
 
 static const char *const names[] = {
 	"message", "conversation_id", "access_token", "limit", "q", "a b",
 };
-static const size_t caps[] = { 16, 256, 4096, 1u << 20 };
+static const size_t caps[] = {16, 256, 4096, 1u << 20};
 
 /* Well-formed UTF-8 per Unicode Table 3-7, and no NUL. */
 static int ref_utf8_valid(const unsigned char *s, size_t n)
@@ -92,8 +92,8 @@ static int ref_hex(unsigned char c)
 
 /* Decode into out (room for n bytes); -1 when malformed, longer than cap
  * or not NUL-free UTF-8. */
-static int ref_url_decode(const unsigned char *s, size_t n, size_t cap,
-			  unsigned char *out, size_t *outlen)
+static int ref_url_decode(const unsigned char *s, size_t n, size_t cap, unsigned char *out,
+			  size_t *outlen)
 {
 	size_t i, o = 0;
 
@@ -119,8 +119,8 @@ static int ref_url_decode(const unsigned char *s, size_t n, size_t cap,
 /* 1 found (out set), 0 absent, -1 malformed or given twice.  Keys are
  * percent-decoded before they are compared; a key that does not decode
  * (or is 256 bytes or longer) matches nothing. */
-static int ref_form_lookup(const char *qs, const char *name, size_t cap,
-			   unsigned char *out, size_t *outlen)
+static int ref_form_lookup(const char *qs, const char *name, size_t cap, unsigned char *out,
+			   size_t *outlen)
 {
 	size_t n = strlen(qs), namelen = strlen(name), start = 0;
 	size_t vstart = 0, vlen = 0, klen;
@@ -136,8 +136,8 @@ static int ref_form_lookup(const char *qs, const char *name, size_t cap,
 		for (eq = start; eq < end && qs[eq] != '='; eq++)
 			;
 		if (eq - start < 256 &&
-		    ref_url_decode((const unsigned char *)qs + start, eq - start, 256,
-				   key, &klen) == 0 &&
+		    ref_url_decode((const unsigned char *)qs + start, eq - start, 256, key,
+				   &klen) == 0 &&
 		    klen == namelen && memcmp(key, name, namelen) == 0) {
 			if (found++) {
 				free(key);
@@ -151,8 +151,8 @@ static int ref_form_lookup(const char *qs, const char *name, size_t cap,
 	free(key);
 	if (!found)
 		return 0;
-	return ref_url_decode((const unsigned char *)qs + vstart, vlen, cap, out,
-			      outlen) < 0 ? -1 : 1;
+	return ref_url_decode((const unsigned char *)qs + vstart, vlen, cap, out, outlen) < 0 ? -1
+											      : 1;
 }
 
 /* What a caller may rely on after a successful decode. */
@@ -203,8 +203,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size--;
 
 	/* utf8_valid on every input, NULs and all. */
-	FUZZ_ASSERT(utf8_valid((const char *)data, size) ==
-		    ref_utf8_valid(data, size));
+	FUZZ_ASSERT(utf8_valid((const char *)data, size) == ref_utf8_valid(data, size));
 
 	if (sel == 7) {
 		check_url_decode(data, size, cap);

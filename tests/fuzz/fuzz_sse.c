@@ -25,13 +25,13 @@
 #include "request.h"
 #include "sse.h"
 
-#define FUZZ_ASSERT(cond)                                                      \
-	do {                                                                   \
-		if (!(cond)) {                                                 \
-			fprintf(stderr, "fuzz_sse: invariant failed at %s:%d: %s\n", \
-				__FILE__, __LINE__, #cond);                    \
-			abort();                                               \
-		}                                                              \
+#define FUZZ_ASSERT(cond)                                                                          \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "fuzz_sse: invariant failed at %s:%d: %s\n", __FILE__,     \
+				__LINE__, #cond);                                                  \
+			abort();                                                                   \
+		}                                                                                  \
 	} while (0)
 
 #define PREFIX "data: {\"type\": \"chunk\", \"content\": \""
@@ -78,8 +78,7 @@ static size_t unescape(const unsigned char *s, size_t n, unsigned char *out)
 			out[o++] = (unsigned char)(hexval(s[i + 3]) * 16 + hexval(s[i + 4]));
 			i += 4;
 			break;
-		default:
-			FUZZ_ASSERT(!"invalid escape");
+		default: FUZZ_ASSERT(!"invalid escape");
 		}
 	}
 	return o;

@@ -9,8 +9,7 @@ static const unsigned char key[] = "0123456789abcdef0123456789abcdef";
 #define KEYLEN (sizeof key - 1)
 
 /* Build header.payload.signature from JSON texts, signed with k. */
-static char *forge(const char *header, const char *payload, const unsigned char *k,
-		   size_t klen)
+static char *forge(const char *header, const char *payload, const unsigned char *k, size_t klen)
 {
 	struct buf b;
 	unsigned char mac[crypto_auth_hmacsha256_BYTES];
@@ -30,9 +29,10 @@ static char *forge(const char *header, const char *payload, const unsigned char 
 
 static void test_base64url(void)
 {
-	static const struct { const char *raw, *enc; } cases[] = {
-		{ "", "" }, { "f", "Zg" }, { "fo", "Zm8" }, { "foo", "Zm9v" },
-		{ "\xfb\xff", "-_8" },
+	static const struct {
+		const char *raw, *enc;
+	} cases[] = {
+		{"", ""}, {"f", "Zg"}, {"fo", "Zm8"}, {"foo", "Zm9v"}, {"\xfb\xff", "-_8"},
 	};
 	unsigned char out[64];
 	size_t n, i;
@@ -48,9 +48,9 @@ static void test_base64url(void)
 		CHECK(n == strlen(cases[i].raw) && memcmp(out, cases[i].raw, n) == 0);
 		buf_free(&b);
 	}
-	CHECK(jwt_b64_decode("Zm9v=", 5, out, sizeof out, &n) < 0);  /* padding */
-	CHECK(jwt_b64_decode("Zm+v", 4, out, sizeof out, &n) < 0);   /* not url-safe */
-	CHECK(jwt_b64_decode("Z", 1, out, sizeof out, &n) < 0);      /* truncated */
+	CHECK(jwt_b64_decode("Zm9v=", 5, out, sizeof out, &n) < 0); /* padding */
+	CHECK(jwt_b64_decode("Zm+v", 4, out, sizeof out, &n) < 0);  /* not url-safe */
+	CHECK(jwt_b64_decode("Z", 1, out, sizeof out, &n) < 0);	    /* truncated */
 }
 
 static void test_sign_verify(void)
@@ -77,20 +77,25 @@ static void test_sign_verify(void)
 
 static void test_rejects(void)
 {
-	static const char good_payload[] =
-		"{\"token_type\":\"access\",\"exp\":9999999999,\"iat\":1,\"jti\":\"x\",\"user_id\":1}";
-	static const struct { const char *header, *payload; } bad[] = {
-		{ "{\"alg\":\"none\",\"typ\":\"JWT\"}", good_payload },
-		{ "{\"alg\":\"HS512\",\"typ\":\"JWT\"}", good_payload },
-		{ "{\"typ\":\"JWT\"}", good_payload },
-		{ "not json", good_payload },
-		{ "{\"alg\":\"HS256\"}", "{\"token_type\":\"other\",\"exp\":9999999999,\"user_id\":1}" },
-		{ "{\"alg\":\"HS256\"}", "{\"token_type\":\"access\",\"user_id\":1}" },
-		{ "{\"alg\":\"HS256\"}", "{\"token_type\":\"access\",\"exp\":\"soon\",\"user_id\":1}" },
-		{ "{\"alg\":\"HS256\"}", "{\"token_type\":\"access\",\"exp\":9999999999}" },
-		{ "{\"alg\":\"HS256\"}", "[1,2]" },
+	static const char good_payload[] = "{\"token_type\":\"access\",\"exp\":9999999999,\"iat\":"
+					   "1,\"jti\":\"x\",\"user_id\":1}";
+	static const struct {
+		const char *header, *payload;
+	} bad[] = {
+		{"{\"alg\":\"none\",\"typ\":\"JWT\"}", good_payload},
+		{"{\"alg\":\"HS512\",\"typ\":\"JWT\"}", good_payload},
+		{"{\"typ\":\"JWT\"}", good_payload},
+		{"not json", good_payload},
+		{"{\"alg\":\"HS256\"}",
+		 "{\"token_type\":\"other\",\"exp\":9999999999,\"user_id\":1}"},
+		{"{\"alg\":\"HS256\"}", "{\"token_type\":\"access\",\"user_id\":1}"},
+		{"{\"alg\":\"HS256\"}",
+		 "{\"token_type\":\"access\",\"exp\":\"soon\",\"user_id\":1}"},
+		{"{\"alg\":\"HS256\"}", "{\"token_type\":\"access\",\"exp\":9999999999}"},
+		{"{\"alg\":\"HS256\"}", "[1,2]"},
 		/* SimpleJWT: "Token has no id". */
-		{ "{\"alg\":\"HS256\"}", "{\"token_type\":\"access\",\"exp\":9999999999,\"user_id\":1}" },
+		{"{\"alg\":\"HS256\"}",
+		 "{\"token_type\":\"access\",\"exp\":9999999999,\"user_id\":1}"},
 	};
 	struct jwt_claims c;
 	char *t;

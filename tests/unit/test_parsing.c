@@ -9,21 +9,25 @@
 
 static void test_url_decode(void)
 {
-	static const struct { const char *in; int rc; const char *out; } cases[] = {
-		{ "hello", 0, "hello" },
-		{ "a+b", 0, "a b" },
-		{ "a%20b", 0, "a b" },
-		{ "Ol%C3%A1", 0, "Olá" },
-		{ "%e2%82%ac", 0, "€" },
-		{ "%", -1, NULL },
-		{ "%2", -1, NULL },
-		{ "%zz", -1, NULL },
-		{ "%00", -1, NULL },      /* NUL */
-		{ "%C3", -1, NULL },      /* truncated UTF-8 */
-		{ "%C0%AF", -1, NULL },   /* overlong */
-		{ "%ED%A0%80", -1, NULL },/* surrogate */
-		{ "%F4%90%80%80", -1, NULL }, /* past U+10FFFF */
-		{ "", 0, "" },
+	static const struct {
+		const char *in;
+		int rc;
+		const char *out;
+	} cases[] = {
+		{"hello", 0, "hello"},
+		{"a+b", 0, "a b"},
+		{"a%20b", 0, "a b"},
+		{"Ol%C3%A1", 0, "Olá"},
+		{"%e2%82%ac", 0, "€"},
+		{"%", -1, NULL},
+		{"%2", -1, NULL},
+		{"%zz", -1, NULL},
+		{"%00", -1, NULL},	    /* NUL */
+		{"%C3", -1, NULL},	    /* truncated UTF-8 */
+		{"%C0%AF", -1, NULL},	    /* overlong */
+		{"%ED%A0%80", -1, NULL},    /* surrogate */
+		{"%F4%90%80%80", -1, NULL}, /* past U+10FFFF */
+		{"", 0, ""},
 	};
 	struct buf b;
 	size_t i;
@@ -89,7 +93,7 @@ static int collect(void *ctx, const char *line, size_t n)
 static void test_ndjson(void)
 {
 	struct ndjson nd;
-	struct lines l = { .n = 0 };
+	struct lines l = {.n = 0};
 	const char *stream = "{\"a\":1}\n{\"b\":\"Ol\xc3\xa1\"}\r\n\n{\"c\":3}\n";
 	size_t i, len = strlen(stream);
 
@@ -136,14 +140,17 @@ static void test_ndjson(void)
 
 static void test_json_escape(void)
 {
-	static const struct { const char *in; const char *out; } cases[] = {
-		{ "plain", "plain" },
-		{ "Ol\xc3\xa1 \xf0\x9f\x8e\x89", "Ol\xc3\xa1 \xf0\x9f\x8e\x89" },
-		{ "a\"b", "a\\\"b" },
-		{ "back\\slash", "back\\\\slash" },
-		{ "new\nline\r\ttab", "new\\nline\\r\\ttab" },
-		{ "\x01\x1f", "\\u0001\\u001f" },
-		{ "\n\n", "\\n\\n" }, /* can never end an SSE event */
+	static const struct {
+		const char *in;
+		const char *out;
+	} cases[] = {
+		{"plain", "plain"},
+		{"Ol\xc3\xa1 \xf0\x9f\x8e\x89", "Ol\xc3\xa1 \xf0\x9f\x8e\x89"},
+		{"a\"b", "a\\\"b"},
+		{"back\\slash", "back\\\\slash"},
+		{"new\nline\r\ttab", "new\\nline\\r\\ttab"},
+		{"\x01\x1f", "\\u0001\\u001f"},
+		{"\n\n", "\\n\\n"}, /* can never end an SSE event */
 	};
 	struct buf b;
 	size_t i;
@@ -185,21 +192,24 @@ static void test_buf(void)
 
 static void test_decode_body(void)
 {
-	static const struct { const char *type, *body; int status; } cases[] = {
-		{ "application/json", "{\"message\": \"hi\"}", 0 },
-		{ "application/json; charset=utf-8", "{}\n", 0 },
-		{ NULL, "", 0 },
-		{ "application/json", "{\"a\": 1} x", 400 },         /* trailing data */
-		{ "application/json", "{\"a\": 1}{\"a\": 2}", 400 },
-		{ "application/json", "{\"a\": 1, \"a\": 2}", 400 }, /* duplicate */
-		{ "application/json", "[1]", 400 },
-		{ "application/json", "{\"m\": \"a\x01b\"}", 400 },  /* raw control */
-		{ "application/json", "{\"m\": \"a\\u0000b\"}", 400 },
-		{ "application/jsonlines", "{}", 415 },
-		{ "text/plain", "{}", 415 },
-		{ "application/x-www-form-urlencoded", "a=1&b=%C3%A9", 0 },
-		{ "application/x-www-form-urlencoded", "a=1&a=2", 400 },
-		{ "application/x-www-form-urlencoded", "a=%zz", 400 },
+	static const struct {
+		const char *type, *body;
+		int status;
+	} cases[] = {
+		{"application/json", "{\"message\": \"hi\"}", 0},
+		{"application/json; charset=utf-8", "{}\n", 0},
+		{NULL, "", 0},
+		{"application/json", "{\"a\": 1} x", 400}, /* trailing data */
+		{"application/json", "{\"a\": 1}{\"a\": 2}", 400},
+		{"application/json", "{\"a\": 1, \"a\": 2}", 400}, /* duplicate */
+		{"application/json", "[1]", 400},
+		{"application/json", "{\"m\": \"a\x01b\"}", 400}, /* raw control */
+		{"application/json", "{\"m\": \"a\\u0000b\"}", 400},
+		{"application/jsonlines", "{}", 415},
+		{"text/plain", "{}", 415},
+		{"application/x-www-form-urlencoded", "a=1&b=%C3%A9", 0},
+		{"application/x-www-form-urlencoded", "a=1&a=2", 400},
+		{"application/x-www-form-urlencoded", "a=%zz", 400},
 	};
 	char reason[256];
 	struct buf big;
@@ -218,8 +228,8 @@ static void test_decode_body(void)
 	buf_init(&big, 2u << 20);
 	for (i = 0; big.len < (1u << 20); i++)
 		buf_printf(&big, "%s%zx=", i ? "&" : "", i);
-	CHECK(request_decode_body(big.data, big.len, "application/x-www-form-urlencoded",
-				  &data, reason, sizeof reason) == 400);
+	CHECK(request_decode_body(big.data, big.len, "application/x-www-form-urlencoded", &data,
+				  reason, sizeof reason) == 400);
 	buf_free(&big);
 }
 
