@@ -124,6 +124,10 @@ static void stream_run(struct request *r, int from_query)
 		sse_error(&s.sse, "The server is restarting; please retry in a moment.");
 	} else if (ex.result.outcome == UPSTREAM_FAILED) {
 		sse_error(&s.sse, ex.result.error);
+	} else if (!r->client_gone) {
+		/* Stopped by us with the client still there: the reply outgrew
+		 * its buffer.  Never end a stream without done or error. */
+		sse_error(&s.sse, "The reply was too long and was stopped.");
 	}
 	if (r->client_gone) {
 		metrics_client_abort();
