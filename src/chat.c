@@ -17,7 +17,7 @@ void chat_post(struct request *r)
 	struct exchange ex;
 	cJSON *o;
 
-	if (exchange_begin(&ex, r, 0, -1) < 0)
+	if (exchange_begin(&ex, r, 0, 0) < 0)
 		goto out;
 	/* A restart lets this finish: it is bounded by the total timeout. */
 	if (exchange_run(&ex, config.upstream_total_timeout) < 0) {

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "buf.h"
 
@@ -105,6 +106,20 @@ static int responder_int(const char *prefix, const char *responder, long dflt, l
 	return env_int(name, dflt, 1, max, out, err, errlen);
 }
 
+/* Open streams one process can hold: each takes two descriptors (the
+ * FastCGI connection and the upstream one); keep room for the workers'
+ * connections, the database and the logs. */
+static long streams_default(int workers)
+{
+	struct rlimit rl;
+	long n;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		return 10000;
+	n = ((long)rl.rlim_cur - 2L * workers - 64) / 2;
+	return n < 1 ? 1 : n > 100000 ? 100000 : n;
+}
+
 int config_load(const char *responder, int need_secret, char *err, size_t errlen)
 {
 	const char *secret_env, *state, *url, *prompt;
@@ -164,13 +179,18 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 	INT_SETTING(config.dev_upstream, "JARVAS_DEV_UPSTREAM", 0, 0, 1);
 #undef INT_SETTING
 
-	workers_default = strcmp(responder, "chat_stream") == 0 ? 256
+	/* A stream holds a thread only while it is set up (relay.c). */
+	workers_default = strcmp(responder, "chat_stream") == 0 ? 16
 			  : strcmp(responder, "chat") == 0	? 16
 								: 8;
 	if (responder_int("JARVAS_WORKERS_", responder, workers_default, 100000, &n, err, errlen) <
 	    0)
 		return -1;
 	config.workers = (int)n;
+	if (env_int("JARVAS_STREAMS_MAX", streams_default(config.workers), 1, 1000000, &n, err,
+		    errlen) < 0)
+		return -1;
+	config.streams_max = (int)n;
 
 	secret_env = getenv("JARVAS_SECRET_KEY");
 	if (secret_env && *secret_env) {

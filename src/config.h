@@ -25,6 +25,7 @@ struct config {
 	long access_lifetime; /* seconds */
 	long refresh_lifetime;
 	int workers;		      /* threads per process */
+	int streams_max;	      /* open streams per chat_stream process */
 	int db_pool;		      /* SQLite connections per process */
 	size_t stack_size;	      /* worker thread stack, bytes */
 	size_t body_max;	      /* request body cap (413 past it) */

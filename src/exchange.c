@@ -193,15 +193,13 @@ fail:
 }
 
 /* The user's open-stream cap, before anything is written for this one. */
-static int admit_stream(struct exchange *ex, int slot)
+static int admit_stream(struct exchange *ex)
 {
 	char msg[128];
 	cJSON *o;
 
-	if (limits_stream_enter(slot, ex->user.id) == 0) {
-		ex->stream_slot = slot;
+	if (limits_stream_enter(ex->user.id, &ex->stream_slot) == 0)
 		return 0;
-	}
 	snprintf(msg, sizeof msg,
 		 "Too many open streams: at most %d per user. Close one and retry.",
 		 config.max_streams_per_user);
@@ -214,7 +212,7 @@ static int admit_stream(struct exchange *ex, int slot)
 	return -1;
 }
 
-int exchange_begin(struct exchange *ex, struct request *r, int from_query, int stream_slot)
+int exchange_begin(struct exchange *ex, struct request *r, int from_query, int stream)
 {
 	exchange_zero(ex, r);
 	if (auth_require(r, from_query, &ex->user) < 0)
@@ -222,9 +220,9 @@ int exchange_begin(struct exchange *ex, struct request *r, int from_query, int s
 	ex->have_user = 1;
 	if ((from_query ? read_input_query(ex) : read_input_body(ex)) < 0)
 		return -1;
-	if (stream_slot >= 0 && admit_stream(ex, stream_slot) < 0)
+	if (stream && admit_stream(ex) < 0)
 		return -1;
-	if (load_context(ex, stream_slot >= 0) < 0) {
+	if (load_context(ex, stream) < 0) {
 		resp_detail(r, 503, "Database unavailable, please retry.");
 		return -1;
 	}
@@ -253,18 +251,14 @@ static int tick(void *ctx)
 	return ex->on_tick ? ex->on_tick(ex->ctx) : 0;
 }
 
-int exchange_run(struct exchange *ex, int total_timeout)
+int exchange_messages(struct exchange *ex, struct upstream_message **out, int *nout)
 {
 	struct upstream_message *msgs;
-	struct upstream_call call;
-	int i, n = 0, rc;
+	int i, n = 0;
 
 	msgs = calloc((size_t)ex->history.n + 2, sizeof *msgs);
-	if (!msgs) {
-		ex->result.outcome = UPSTREAM_FAILED;
-		snprintf(ex->result.error, sizeof ex->result.error, "Out of memory.");
+	if (!msgs)
 		return -1;
-	}
 	msgs[n].role = "system";
 	msgs[n++].content = buf_str(&ex->prompt.text);
 	for (i = 0; i < ex->history.n; i++) {
@@ -273,7 +267,29 @@ int exchange_run(struct exchange *ex, int total_timeout)
 	}
 	msgs[n].role = "user";
 	msgs[n++].content = buf_str(&ex->message);
+	*out = msgs;
+	*nout = n;
+	return 0;
+}
 
+void exchange_release_context(struct exchange *ex)
+{
+	history_free(&ex->history);
+	prompt_free(&ex->prompt);
+	prompt_init(&ex->prompt);
+}
+
+int exchange_run(struct exchange *ex, int total_timeout)
+{
+	struct upstream_message *msgs;
+	struct upstream_call call;
+	int n, rc;
+
+	if (exchange_messages(ex, &msgs, &n) < 0) {
+		ex->result.outcome = UPSTREAM_FAILED;
+		snprintf(ex->result.error, sizeof ex->result.error, "Out of memory.");
+		return -1;
+	}
 	memset(&call, 0, sizeof call);
 	call.messages = msgs;
 	call.nmessages = n;

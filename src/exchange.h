@@ -44,10 +44,18 @@ struct exchange {
 };
 
 /* from_query: read message, conversation_id (and access_token) from the
- * query string (GET of the stream) instead of the body.  stream_slot >= 0:
- * count this exchange against the user's open-stream cap in that slot
- * (429 past it).  0, or -1 with the error answer already sent. */
-int exchange_begin(struct exchange *ex, struct request *r, int from_query, int stream_slot);
+ * query string (GET of the stream) instead of the body.  stream: count
+ * this exchange against the user's open-stream cap (429 past it) and
+ * reserve its message ids now.  0, or -1 with the error answer already
+ * sent. */
+int exchange_begin(struct exchange *ex, struct request *r, int from_query, int stream);
+
+/* The messages to send upstream: system prompt, history, the new one.
+ * *msgs points into ex; the caller frees the array.  0 or -1. */
+int exchange_messages(struct exchange *ex, struct upstream_message **msgs, int *n);
+
+/* Free the history and prompt text once the upstream request holds them. */
+void exchange_release_context(struct exchange *ex);
 
 /* 0 when the model finished, -1 otherwise (see ex->result.outcome). */
 int exchange_run(struct exchange *ex, int total_timeout);

@@ -26,12 +26,22 @@ struct slots_file {
 	uint32_t magic;
 	int32_t pid;
 	int64_t nslots;
-	int64_t user[]; /* user id per worker slot, 0: free */
+	int64_t used;	/* atomic: slots [used, nslots) have never held a stream */
+	int64_t user[]; /* user id per stream slot, 0: free */
 };
 
 /* Mapped once before threads start; slots are touched atomically. */
 static struct slots_file *mine;
 static size_t mine_size;
+
+/* This process's free slots, a stack: the most recently freed is reused
+ * first, so the slots in use stay few and low and a count scans only up
+ * to `used`.  Guarded by spare.lock. */
+static struct {
+	pthread_mutex_t lock;
+	int *free;
+	int n;
+} spare = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* Other processes' files, mapped once and kept: mapping and unmapping on
  * every new stream cost more than the rest of a stream's start.  The list
@@ -107,6 +117,14 @@ int limits_open(int slots)
 		mine = NULL;
 		return -1;
 	}
+	spare.free = malloc((size_t)slots * sizeof *spare.free);
+	if (!spare.free) {
+		munmap(mine, mine_size);
+		mine = NULL;
+		return -1;
+	}
+	for (spare.n = 0; spare.n < slots; spare.n++)
+		spare.free[spare.n] = slots - 1 - spare.n; /* slot 0 on top */
 	mine->pid = (int32_t)getpid();
 	mine->nslots = slots;
 	__atomic_store_n(&mine->magic, LIMITS_MAGIC, __ATOMIC_RELEASE);
@@ -128,6 +146,9 @@ void limits_close(void)
 		return;
 	munmap(mine, mine_size);
 	mine = NULL;
+	free(spare.free);
+	spare.free = NULL;
+	spare.n = 0;
 	snprintf(name, sizeof name, "streams.%d", (int)getpid());
 	if (path_for(path, sizeof path, name) == 0)
 		unlink(path);
@@ -195,12 +216,16 @@ static void refresh_peers(void)
 
 static int count_in(const struct slots_file *f, size_t size, long long user_id)
 {
+	int64_t used;
 	int count = 0;
 
 	if (__atomic_load_n(&f->magic, __ATOMIC_ACQUIRE) != LIMITS_MAGIC ||
 	    sizeof *f + (size_t)f->nslots * sizeof f->user[0] > size)
 		return 0;
-	for (int64_t i = 0; i < f->nslots; i++)
+	used = __atomic_load_n(&f->used, __ATOMIC_ACQUIRE);
+	if (used > f->nslots)
+		used = f->nslots;
+	for (int64_t i = 0; i < used; i++)
 		count += __atomic_load_n(&f->user[i], __ATOMIC_ACQUIRE) == user_id;
 	return count;
 }
@@ -218,14 +243,27 @@ static int count_user(long long user_id)
 	return count;
 }
 
-int limits_stream_enter(int slot, long long user_id)
+int limits_stream_enter(long long user_id, int *slot)
 {
-	if (!mine || slot < 0 || slot >= mine->nslots)
+	int i = -1;
+
+	*slot = -1;
+	if (!mine)
 		return 0;
+	pthread_mutex_lock(&spare.lock);
+	if (spare.n > 0)
+		i = spare.free[--spare.n];
+	if (i >= 0 && mine->used <= i) /* only grows, and only here */
+		__atomic_store_n(&mine->used, (int64_t)i + 1, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&spare.lock);
+	if (i < 0)
+		return 0; /* more streams than slots: relay.c keeps that from happening */
 	/* Claim first, count second (see limits.h). */
-	__atomic_store_n(&mine->user[slot], (int64_t)user_id, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&mine->user[i], (int64_t)user_id, __ATOMIC_SEQ_CST);
+	*slot = i;
 	if (count_user(user_id) > config.max_streams_per_user) {
-		limits_stream_leave(slot);
+		limits_stream_leave(i);
+		*slot = -1;
 		return -1;
 	}
 	return 0;
@@ -233,6 +271,10 @@ int limits_stream_enter(int slot, long long user_id)
 
 void limits_stream_leave(int slot)
 {
-	if (mine && slot >= 0 && slot < mine->nslots)
-		__atomic_store_n(&mine->user[slot], 0, __ATOMIC_SEQ_CST);
+	if (!mine || slot < 0 || slot >= mine->nslots)
+		return;
+	__atomic_store_n(&mine->user[slot], 0, __ATOMIC_SEQ_CST);
+	pthread_mutex_lock(&spare.lock);
+	spare.free[spare.n++] = slot;
+	pthread_mutex_unlock(&spare.lock);
 }

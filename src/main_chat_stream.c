@@ -1,7 +1,7 @@
 /*
  * chat_stream — the streaming responder: /api/chat/stream/.  Only wiring;
- * the work is in stream.c.  Runs many worker threads (JARVAS_WORKERS_
- * CHAT_STREAM), since each open stream occupies one.
+ * the work is in stream.c (setting a stream up, in a worker thread) and
+ * relay.c (every open stream, in one event-loop thread).
  */
 #include "metrics.h"
 #include "server.h"
@@ -17,7 +17,7 @@ int main(void)
 		.name = "chat_stream",
 		.routes = routes,
 		.nroutes = sizeof routes / sizeof routes[0],
-		.caps_streams = 1,
+		.streams = 1,
 	};
 
 	return server_main(&spec);

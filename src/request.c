@@ -71,6 +71,8 @@ void request_end(struct request *r)
 		.note = r->note[0] ? r->note : NULL,
 	};
 
+	if (r->handed_off)
+		goto out;
 	if (!r->headers_sent && !r->client_gone) {
 		/* A handler that forgot to answer is a bug; still answer. */
 		resp_detail(r, 500, "Internal server error.");
@@ -78,6 +80,7 @@ void request_end(struct request *r)
 	}
 	log_request(&f);
 	metrics_count_request(r->endpoint, r->status);
+out:
 	free(r->path);
 	buf_free(&r->body);
 	cJSON_Delete(r->data);

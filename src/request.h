@@ -32,6 +32,7 @@ struct request {
 	int status;
 	int headers_sent;
 	int client_gone; /* a write failed: nginx or the client left */
+	int handed_off;	 /* relay.c took the connection: it answers and logs */
 	unsigned long long bytes_out;
 	long long user_id;
 	double first_chunk_ms; /* < 0 until a stream's first chunk */

@@ -5,8 +5,8 @@
  * Shutdown: SIGTERM (stop) or SIGHUP (reload) sets `stopping`; idle workers blocked in accept() are
  * woken with SIGUSR1 (installed without SA_RESTART, so accept() fails with
  * EINTR and libfcgi, seeing FCGX_ShutdownPending, returns -1).  Busy
- * workers finish their request first: streams notice server_stopping()
- * and end with an error event.
+ * workers finish their request first; then relay_stop() ends the open
+ * streams with an error event (they notice server_stopping()).
  *
  * Reload (SIGHUP, `jarvasctl restart`): after that drain the process
  * re-executes its binary, keeping the listening socket on fd 0 and its
@@ -31,6 +31,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "password.h"
+#include "relay.h"
 #include "response.h"
 #include "upstream.h"
 
@@ -306,9 +307,13 @@ int server_main(const struct server_spec *s)
 	if (db_checkpointer_start() < 0)
 		log_warn("no checkpointer thread: the WAL is checkpointed by jarvas-admin init "
 			 "only");
-	if (s->caps_streams && limits_open(config.workers) < 0)
+	if (s->streams && limits_open(config.streams_max) < 0)
 		log_warn("the per-user stream cap is not enforced in this process");
+	if (s->streams && relay_start() < 0)
+		return 1;
 	rc = run_workers(&reload);
+	if (s->streams)
+		relay_stop(); /* after the workers: nothing submits any more */
 	db_checkpointer_stop();
 	limits_close();
 	metrics_close();

@@ -37,7 +37,7 @@ struct server_spec {
 	const struct route *routes;
 	int nroutes;
 	int uses_passwords; /* initialise the password-hash limiter */
-	int caps_streams;   /* enforce the per-user open-stream cap */
+	int streams;	    /* runs relay.c and the per-user open-stream cap */
 };
 
 int server_main(const struct server_spec *spec);

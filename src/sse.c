@@ -1,6 +1,7 @@
 /*
- * sse — event formatting and flushing (see sse.h).  This is the per-chunk
- * hot path: no allocation once the scratch buffer has grown.
+ * sse — event formatting (see sse.h).  sse_chunk() is on the per-chunk
+ * hot path: it appends to the caller's buffer, which relay.c reuses, so
+ * no allocation once that buffer has grown.
  */
 #include "sse.h"
 
@@ -8,19 +9,6 @@
 
 #include "response.h"
 #include "upstream.h"
-
-void sse_init(struct sse *s, struct request *r, long long message_id)
-{
-	s->r = r;
-	s->message_id = message_id;
-	s->seq = 0;
-	buf_init(&s->scratch, 16u << 20);
-}
-
-void sse_free(struct sse *s)
-{
-	buf_free(&s->scratch);
-}
 
 int sse_json_escape(struct buf *out, const char *text, size_t n)
 {
@@ -58,34 +46,25 @@ int sse_json_escape(struct buf *out, const char *text, size_t n)
 	return buf_append(out, run, (size_t)(end - run)) == BUF_OK ? 0 : -1;
 }
 
-static int send_event(struct sse *s)
+int sse_start(struct request *r)
 {
-	if (resp_write(s->r, s->scratch.data, s->scratch.len) < 0)
-		return -1;
-	return resp_flush(s->r);
-}
-
-int sse_start(struct sse *s)
-{
-	if (resp_headers(s->r, 200, "text/event-stream; charset=utf-8", -1,
+	if (resp_headers(r, 200, "text/event-stream; charset=utf-8", -1,
 			 "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") < 0)
 		return -1;
 	/* nginx holds the headers back until body bytes follow; a comment
 	 * gets them to the browser now, not with the first token. */
-	if (resp_write(s->r, ": connected\n\n", 13) < 0)
+	if (resp_write(r, ": connected\n\n", 13) < 0)
 		return -1;
-	return resp_flush(s->r);
+	return resp_flush(r);
 }
 
-int sse_chunk(struct sse *s, const char *text, size_t n)
+int sse_chunk(struct buf *out, long long message_id, int seq, const char *text, size_t n)
 {
-	buf_reset(&s->scratch);
-	s->seq++;
-	if (buf_printf(&s->scratch, "id: %lld:%d\ndata: {\"type\": \"chunk\", \"content\": \"",
-		       s->message_id, s->seq) != BUF_OK ||
-	    sse_json_escape(&s->scratch, text, n) < 0 || buf_puts(&s->scratch, "\"}\n\n") != BUF_OK)
+	if (buf_printf(out, "id: %lld:%d\ndata: {\"type\": \"chunk\", \"content\": \"", message_id,
+		       seq) != BUF_OK ||
+	    sse_json_escape(out, text, n) < 0 || buf_puts(out, "\"}\n\n") != BUF_OK)
 		return -1;
-	return send_event(s);
+	return 0;
 }
 
 /* ", \"name\": N" for a counter the model reported. */
@@ -95,36 +74,25 @@ static void add_counter(struct buf *b, const char *name, long long v)
 		buf_printf(b, ", \"%s\": %lld", name, v);
 }
 
-int sse_done(struct sse *s, const char *conversation, const struct upstream_result *res)
+int sse_done(struct buf *out, long long message_id, const char *conversation,
+	     const struct upstream_result *res)
 {
-	buf_reset(&s->scratch);
-	buf_printf(&s->scratch,
+	buf_printf(out,
 		   "event: done\ndata: {\"finished\": true, \"conversation_id\": \"%s\", "
 		   "\"message_id\": %lld",
-		   conversation, s->message_id); /* conversation ids are [A-Za-z0-9_-] */
-	add_counter(&s->scratch, "eval_count", res->eval_count);
-	add_counter(&s->scratch, "prompt_eval_count", res->prompt_eval_count);
-	add_counter(&s->scratch, "total_duration", res->total_duration);
-	add_counter(&s->scratch, "eval_duration", res->eval_duration);
-	if (buf_puts(&s->scratch, "}\n\n") != BUF_OK)
-		return -1;
-	return send_event(s);
+		   conversation, message_id); /* conversation ids are [A-Za-z0-9_-] */
+	add_counter(out, "eval_count", res->eval_count);
+	add_counter(out, "prompt_eval_count", res->prompt_eval_count);
+	add_counter(out, "total_duration", res->total_duration);
+	add_counter(out, "eval_duration", res->eval_duration);
+	return buf_puts(out, "}\n\n") == BUF_OK ? 0 : -1;
 }
 
-int sse_error(struct sse *s, const char *message)
+int sse_error(struct buf *out, const char *message)
 {
-	buf_reset(&s->scratch);
-	if (buf_puts(&s->scratch, "event: error\ndata: {\"type\": \"error\", \"message\": \"") !=
-		    BUF_OK ||
-	    sse_json_escape(&s->scratch, message, strlen(message)) < 0 ||
-	    buf_puts(&s->scratch, "\"}\n\n") != BUF_OK)
+	if (buf_puts(out, "event: error\ndata: {\"type\": \"error\", \"message\": \"") != BUF_OK ||
+	    sse_json_escape(out, message, strlen(message)) < 0 ||
+	    buf_puts(out, "\"}\n\n") != BUF_OK)
 		return -1;
-	return send_event(s);
-}
-
-int sse_ping(struct sse *s)
-{
-	if (resp_write(s->r, ": ping\n\n", 8) < 0)
-		return -1;
-	return resp_flush(s->r);
+	return 0;
 }

@@ -1,10 +1,11 @@
 /*
- * sse — the Server-Sent Events writer of chat_stream.
+ * sse — the Server-Sent Events of chat_stream.
  *
- * Each event is assembled in one reusable buffer, written with one call
- * and flushed at once, so nginx (fastcgi_buffering off) passes it on the
- * moment the model produced it.  JSON escaping keeps the framing intact:
- * a newline in the model's text can never end an event early.
+ * sse_start() sends the status and headers through libfcgi while a worker
+ * thread still holds the request; every later event is formatted here
+ * into bytes that relay.c frames and writes itself.  JSON escaping keeps
+ * the framing intact: a newline in the model's text can never end an
+ * event early.
  */
 #ifndef JARVAS_SSE_H
 #define JARVAS_SSE_H
@@ -16,23 +17,18 @@
 struct request;
 struct upstream_result;
 
-struct sse {
-	struct request *r;
-	struct buf scratch; /* one event at a time, reused */
-	long long message_id;
-	int seq; /* chunks sent so far */
-};
+/* A comment line: keeps proxies and browsers from timing out. */
+#define SSE_PING ": ping\n\n"
 
-void sse_init(struct sse *s, struct request *r, long long message_id);
-void sse_free(struct sse *s);
+/* Status 200, the event-stream headers and a first comment, flushed.
+ * 0, or -1 once the client is gone. */
+int sse_start(struct request *r);
 
-/* Status 200 and the event-stream headers.  Every function returns 0, or
- * -1 once the client is gone. */
-int sse_start(struct sse *s);
-int sse_chunk(struct sse *s, const char *text, size_t n);
-int sse_done(struct sse *s, const char *conversation, const struct upstream_result *res);
-int sse_error(struct sse *s, const char *message);
-int sse_ping(struct sse *s);
+/* Append one event to out.  0, or -1 (out of memory or past out's cap). */
+int sse_chunk(struct buf *out, long long message_id, int seq, const char *text, size_t n);
+int sse_done(struct buf *out, long long message_id, const char *conversation,
+	     const struct upstream_result *res);
+int sse_error(struct buf *out, const char *message);
 
 /* Append text as the inside of a JSON string. 0 or -1. */
 int sse_json_escape(struct buf *out, const char *text, size_t n);

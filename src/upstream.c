@@ -2,9 +2,10 @@
  * upstream — libcurl client for Ollama's streaming chat (see upstream.h).
  *
  * The hot path: curl's write callback → ndjson_feed() → parse_line() →
- * call->on_content().  The progress callback (curl calls it at least once
- * a second, also while nothing arrives) enforces the idle timeout and
- * lets the caller notice a client that went away.
+ * call->on_content().  In a blocking call the progress callback (curl
+ * calls it at least once a second, also while nothing arrives) enforces
+ * the idle timeout and lets the caller notice a client that went away;
+ * relay.c, which drives many transfers at once, checks idleness itself.
  */
 #include "upstream.h"
 
@@ -26,29 +27,17 @@
 #define LINE_MAX_BYTES (4u << 20)  /* one NDJSON line */
 #define ERROR_BODY_MAX (64u << 10) /* body of a non-2xx answer we keep */
 
+/* A worker thread's handle for blocking calls (chat). */
 struct upstream {
 	CURL *curl;
-	struct curl_slist *headers;
-	char *chat_url;
-	struct ndjson nd;
-	struct buf error_body;
-	struct buf request_body;
+	struct upstream_xfer x;
 };
 
-/* State of one call, reachable from curl's callbacks. */
-struct call_state {
-	struct upstream *u;
-	const struct upstream_call *call;
-	struct upstream_result *res;
-	long http_status; /* 0 until the first body byte */
-	int done;	  /* saw "done": true */
-	int failed;	  /* res->kind/error are set */
-	int stopped;	  /* a callback asked to stop */
-	double started, last_data;
-	char curl_error[CURL_ERROR_SIZE];
-};
+/* Built once by upstream_global_init(), read-only afterwards. */
+static struct curl_slist *headers;
+static char *chat_url;
 
-static double now_s(void)
+double upstream_now(void)
 {
 	struct timespec ts;
 
@@ -76,7 +65,21 @@ static void share_unlock_fn(CURL *h, curl_lock_data what, void *ctx)
 
 int upstream_global_init(void)
 {
+	struct buf url;
+
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		return -1;
+	buf_init(&url, 8192);
+	if (buf_printf(&url, "%s/api/chat", config.upstream_url) != BUF_OK) {
+		buf_free(&url);
+		return -1;
+	}
+	chat_url = buf_steal(&url);
+	/* Expect: 100-continue would cost a round trip on larger bodies. */
+	headers = curl_slist_append(NULL, "Content-Type: application/json");
+	if (headers)
+		headers = curl_slist_append(headers, "Expect:");
+	if (!headers || !chat_url)
 		return -1;
 	share = curl_share_init();
 	if (!share || curl_share_setopt(share, CURLSHOPT_LOCKFUNC, share_lock_fn) ||
@@ -96,7 +99,26 @@ void upstream_global_cleanup(void)
 	if (share)
 		curl_share_cleanup(share);
 	share = NULL;
+	curl_slist_free_all(headers);
+	headers = NULL;
+	free(chat_url);
+	chat_url = NULL;
 	curl_global_cleanup();
+}
+
+void upstream_xfer_init(struct upstream_xfer *x)
+{
+	memset(x, 0, sizeof *x);
+	ndjson_init(&x->nd, LINE_MAX_BYTES);
+	buf_init(&x->error_body, ERROR_BODY_MAX);
+	buf_init(&x->request_body, 64u << 20);
+}
+
+void upstream_xfer_free(struct upstream_xfer *x)
+{
+	ndjson_free(&x->nd);
+	buf_free(&x->error_body);
+	buf_free(&x->request_body);
 }
 
 void upstream_free(struct upstream *u)
@@ -104,47 +126,30 @@ void upstream_free(struct upstream *u)
 	if (!u)
 		return;
 	curl_easy_cleanup(u->curl);
-	curl_slist_free_all(u->headers);
-	free(u->chat_url);
-	ndjson_free(&u->nd);
-	buf_free(&u->error_body);
-	buf_free(&u->request_body);
+	upstream_xfer_free(&u->x);
 	free(u);
 }
 
 static struct upstream *upstream_new(void)
 {
 	struct upstream *u = calloc(1, sizeof *u);
-	struct buf url;
 
 	if (!u)
 		return NULL;
-	ndjson_init(&u->nd, LINE_MAX_BYTES);
-	buf_init(&u->error_body, ERROR_BODY_MAX);
-	buf_init(&u->request_body, 64u << 20);
-	buf_init(&url, 8192);
-	if (buf_printf(&url, "%s/api/chat", config.upstream_url) != BUF_OK) {
-		buf_free(&url);
-		goto fail;
-	}
-	u->chat_url = buf_steal(&url);
+	upstream_xfer_init(&u->x);
 	u->curl = curl_easy_init();
-	/* Expect: 100-continue would cost a round trip on larger bodies. */
-	u->headers = curl_slist_append(NULL, "Content-Type: application/json");
-	if (u->headers)
-		u->headers = curl_slist_append(u->headers, "Expect:");
-	if (!u->curl || !u->headers || !u->chat_url)
-		goto fail;
+	if (!u->curl) {
+		upstream_free(u);
+		return NULL;
+	}
 	return u;
-fail:
-	upstream_free(u);
-	return NULL;
 }
 
-static void fail_with(struct call_state *s, enum metrics_upstream_error kind, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+static void fail_with(struct upstream_xfer *s, enum metrics_upstream_error kind, const char *fmt,
+		      ...) __attribute__((format(printf, 3, 4)));
 
-static void fail_with(struct call_state *s, enum metrics_upstream_error kind, const char *fmt, ...)
+static void fail_with(struct upstream_xfer *s, enum metrics_upstream_error kind, const char *fmt,
+		      ...)
 {
 	va_list ap;
 
@@ -213,7 +218,7 @@ int upstream_line_decode(const char *line, size_t n, struct upstream_line *out)
 /* One NDJSON line of a 2xx answer. */
 static int parse_line(void *ctx, const char *line, size_t n)
 {
-	struct call_state *s = ctx;
+	struct upstream_xfer *s = ctx;
 	struct upstream_line l;
 	int rc = -1;
 
@@ -227,7 +232,7 @@ static int parse_line(void *ctx, const char *line, size_t n)
 			  "The language model sent a malformed response line.");
 	} else if (l.error) {
 		fail_with(s, METRICS_UE_ERROR_LINE, "%s", l.error);
-	} else if (l.len && s->call->on_content(s->call->ctx, l.content, l.len) < 0) {
+	} else if (l.len && s->call.on_content(s->call.ctx, l.content, l.len) < 0) {
 		s->stopped = 1;
 	} else {
 		if (l.done) {
@@ -242,20 +247,20 @@ static int parse_line(void *ctx, const char *line, size_t n)
 
 static size_t on_write(char *p, size_t size, size_t nmemb, void *ctx)
 {
-	struct call_state *s = ctx;
+	struct upstream_xfer *s = ctx;
 	size_t n = size * nmemb;
 	int rc;
 
-	s->last_data = now_s();
+	s->last_data = upstream_now();
 	if (!s->http_status)
-		curl_easy_getinfo(s->u->curl, CURLINFO_RESPONSE_CODE, &s->http_status);
+		curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE, &s->http_status);
 	if (s->http_status < 200 || s->http_status > 299) {
 		/* Keep what fits of an error body; its reason goes to the user. */
-		size_t room = s->u->error_body.max - s->u->error_body.len;
-		buf_append(&s->u->error_body, p, n < room ? n : room);
+		size_t room = s->error_body.max - s->error_body.len;
+		buf_append(&s->error_body, p, n < room ? n : room);
 		return n;
 	}
-	rc = ndjson_feed(&s->u->nd, p, n, parse_line, s);
+	rc = ndjson_feed(&s->nd, p, n, parse_line, s);
 	if (rc == -2)
 		fail_with(s, METRICS_UE_MALFORMED,
 			  "The language model sent a line longer than %u bytes.", LINE_MAX_BYTES);
@@ -265,9 +270,9 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ctx)
 static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
 		       curl_off_t ulnow)
 {
-	struct call_state *s = ctx;
-	const struct upstream_call *c = s->call;
-	double t = now_s();
+	struct upstream_xfer *s = ctx;
+	const struct upstream_call *c = &s->call;
+	double t = upstream_now();
 
 	(void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
 	if (c->on_tick && c->on_tick(c->ctx) < 0) {
@@ -319,10 +324,10 @@ out:
 }
 
 /* The reason in a non-2xx answer: Ollama's {"error": "..."} if present. */
-static void fail_http(struct call_state *s)
+static void fail_http(struct upstream_xfer *s)
 {
-	cJSON *o = cJSON_ParseWithLength(s->u->error_body.data ? s->u->error_body.data : "",
-					 s->u->error_body.len);
+	cJSON *o = cJSON_ParseWithLength(s->error_body.data ? s->error_body.data : "",
+					 s->error_body.len);
 	const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
 
 	if (cJSON_IsString(err))
@@ -333,92 +338,130 @@ static void fail_http(struct call_state *s)
 	cJSON_Delete(o);
 }
 
-int upstream_chat(struct worker *w, const struct upstream_call *call, struct upstream_result *res)
+int upstream_xfer_prepare(struct upstream_xfer *x, const struct upstream_call *call,
+			  struct upstream_result *res, int blocking)
 {
-	struct call_state s;
-	struct upstream *u;
-	CURLcode cc;
+	CURL *c = x->curl;
 
 	memset(res, 0, sizeof *res);
 	res->eval_count = res->prompt_eval_count = res->total_duration = -1;
 	res->load_duration = res->prompt_eval_duration = res->eval_duration = -1;
-	memset(&s, 0, sizeof s);
-	s.call = call;
-	s.res = res;
-
-	if (!w->upstream)
-		w->upstream = upstream_new();
-	u = w->upstream;
-	if (!u || build_body(&u->request_body, call) < 0) {
+	x->call = *call;
+	x->res = res;
+	x->http_status = 0;
+	x->done = x->failed = x->stopped = 0;
+	x->curl_error[0] = '\0';
+	ndjson_reset(&x->nd);
+	buf_reset(&x->error_body);
+	if (!c || build_body(&x->request_body, call) < 0) {
 		res->outcome = UPSTREAM_FAILED;
 		res->kind = METRICS_UE_OTHER;
 		snprintf(res->error, sizeof res->error, "Out of memory.");
 		return -1;
 	}
-	s.u = u;
-	ndjson_reset(&u->nd);
-	buf_reset(&u->error_body);
-	s.started = s.last_data = now_s();
+	x->call.messages = NULL; /* in the body now; the caller may free them */
+	x->started = x->last_data = upstream_now();
 
-	curl_easy_reset(u->curl); /* keeps the connection cache */
-	curl_easy_setopt(u->curl, CURLOPT_URL, u->chat_url);
-	curl_easy_setopt(u->curl, CURLOPT_HTTPHEADER, u->headers);
-	curl_easy_setopt(u->curl, CURLOPT_POSTFIELDS, u->request_body.data);
-	curl_easy_setopt(u->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)u->request_body.len);
-	curl_easy_setopt(u->curl, CURLOPT_WRITEFUNCTION, on_write);
-	curl_easy_setopt(u->curl, CURLOPT_WRITEDATA, &s);
-	curl_easy_setopt(u->curl, CURLOPT_XFERINFOFUNCTION, on_progress);
-	curl_easy_setopt(u->curl, CURLOPT_XFERINFODATA, &s);
-	curl_easy_setopt(u->curl, CURLOPT_NOPROGRESS, 0L);
-	curl_easy_setopt(u->curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(u->curl, CURLOPT_CONNECTTIMEOUT, (long)config.upstream_connect_timeout);
-	curl_easy_setopt(u->curl, CURLOPT_ERRORBUFFER, s.curl_error);
-	curl_easy_setopt(u->curl, CURLOPT_TCP_KEEPALIVE, 1L);
-	/* Ollama's lines are a few hundred bytes: 16 KiB per stream is waste. */
-	curl_easy_setopt(u->curl, CURLOPT_BUFFERSIZE, 4096L);
-	if (share) {
-		curl_easy_setopt(u->curl, CURLOPT_SHARE, share);
-		curl_easy_setopt(u->curl, CURLOPT_MAXCONNECTS, 1024L);
+	curl_easy_reset(c); /* keeps the connection cache */
+	curl_easy_setopt(c, CURLOPT_URL, chat_url);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(c, CURLOPT_POSTFIELDS, x->request_body.data);
+	curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->request_body.len);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_write);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(c, CURLOPT_PRIVATE, x);
+	if (blocking) {
+		curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+		curl_easy_setopt(c, CURLOPT_XFERINFODATA, x);
+		curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
 	}
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, (long)config.upstream_connect_timeout);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, x->curl_error);
+	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+	/* Ollama's lines are a few hundred bytes: 16 KiB per stream is waste. */
+	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 4096L);
+	if (blocking && share) {
+		curl_easy_setopt(c, CURLOPT_SHARE, share);
+		curl_easy_setopt(c, CURLOPT_MAXCONNECTS, 1024L);
+	}
+	return 0;
+}
 
-	cc = curl_easy_perform(u->curl);
-	res->http_status = s.http_status;
-	if (!s.http_status)
-		curl_easy_getinfo(u->curl, CURLINFO_RESPONSE_CODE, &res->http_status);
+int upstream_xfer_idle(struct upstream_xfer *x, double now)
+{
+	if (now - x->last_data <= x->call.idle_timeout)
+		return 0;
+	fail_with(x, METRICS_UE_TIMEOUT, "The language model sent nothing for %d seconds.",
+		  x->call.idle_timeout);
+	return 1;
+}
 
-	if (s.stopped) {
+int upstream_xfer_finish(struct upstream_xfer *s, CURLcode cc)
+{
+	struct upstream_result *res = s->res;
+
+	res->http_status = s->http_status;
+	if (!s->http_status)
+		curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE, &res->http_status);
+
+	if (s->stopped) {
 		res->outcome = UPSTREAM_STOPPED;
 		return -1;
 	}
-	if (!s.failed && res->http_status && (res->http_status < 200 || res->http_status > 299)) {
-		s.http_status = res->http_status;
-		fail_http(&s);
+	if (!s->failed && res->http_status && (res->http_status < 200 || res->http_status > 299)) {
+		s->http_status = res->http_status;
+		fail_http(s);
 	}
-	if (!s.failed && cc != CURLE_OK) {
+	if (!s->failed && cc != CURLE_OK) {
 		if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST ||
 		    cc == CURLE_OPERATION_TIMEDOUT)
-			fail_with(&s, METRICS_UE_CONNECT,
+			fail_with(s, METRICS_UE_CONNECT,
 				  "Could not reach the language model at %s: %s",
 				  config.upstream_url,
-				  s.curl_error[0] ? s.curl_error : curl_easy_strerror(cc));
+				  s->curl_error[0] ? s->curl_error : curl_easy_strerror(cc));
 		else
-			fail_with(&s, METRICS_UE_CUT,
+			fail_with(s, METRICS_UE_CUT,
 				  "The connection to the language model broke before the answer "
 				  "was finished (%s).",
-				  s.curl_error[0] ? s.curl_error : curl_easy_strerror(cc));
+				  s->curl_error[0] ? s->curl_error : curl_easy_strerror(cc));
 	}
-	if (!s.failed && ndjson_pending(&u->nd) > 0)
-		ndjson_feed(&u->nd, "\n", 1, parse_line, &s); /* last line lacked \n */
-	if (!s.failed && !s.done)
-		fail_with(&s, METRICS_UE_CUT,
+	if (!s->failed && ndjson_pending(&s->nd) > 0)
+		ndjson_feed(&s->nd, "\n", 1, parse_line, s); /* last line lacked \n */
+	if (s->stopped) {
+		res->outcome = UPSTREAM_STOPPED; /* that last line's receiver left */
+		return -1;
+	}
+	if (!s->failed && !s->done)
+		fail_with(s, METRICS_UE_CUT,
 			  "The language model's answer ended before it was finished.");
-	if (s.failed) {
+	if (s->failed) {
 		res->outcome = UPSTREAM_FAILED;
 		metrics_upstream_error(res->kind);
 		return -1;
 	}
 	res->outcome = UPSTREAM_DONE;
 	return 0;
+}
+
+int upstream_chat(struct worker *w, const struct upstream_call *call, struct upstream_result *res)
+{
+	struct upstream *u;
+
+	if (!w->upstream)
+		w->upstream = upstream_new();
+	u = w->upstream;
+	if (!u) {
+		memset(res, 0, sizeof *res);
+		res->outcome = UPSTREAM_FAILED;
+		res->kind = METRICS_UE_OTHER;
+		snprintf(res->error, sizeof res->error, "Out of memory.");
+		return -1;
+	}
+	u->x.curl = u->curl;
+	if (upstream_xfer_prepare(&u->x, call, res, 1) < 0)
+		return -1;
+	return upstream_xfer_finish(&u->x, curl_easy_perform(u->curl));
 }
 
 static size_t discard(char *p, size_t size, size_t nmemb, void *ctx)

@@ -2,8 +2,10 @@
  * upstream — the client for the LLM server (Ollama's POST /api/chat with
  * "stream": true, and GET /api/tags for health).
  *
- * One curl handle per worker thread, reused, so the connection to the
- * model server stays alive between requests.  Every way the upstream can
+ * A transfer (struct upstream_xfer) runs either blocking in a worker
+ * thread (chat: one curl handle per worker, reused, so the connection to
+ * the model server stays alive between requests) or inside relay.c's
+ * event loop (chat_stream).  Every way the upstream can
  * fail — refused, HTTP error, {"error"} line, malformed line, cut before
  * "done", silence past the idle timeout — ends upstream_chat() with one
  * error kind and a human-readable reason; it never hangs.
@@ -11,9 +13,12 @@
 #ifndef JARVAS_UPSTREAM_H
 #define JARVAS_UPSTREAM_H
 
+#include <curl/curl.h>
 #include <stddef.h>
 
+#include "buf.h"
 #include "metrics.h"
+#include "ndjson.h"
 
 struct worker;
 struct upstream;
@@ -66,8 +71,51 @@ struct upstream_line {
 };
 int upstream_line_decode(const char *line, size_t n, struct upstream_line *out);
 
+/* One chat call's transfer: the curl handle (borrowed from the caller)
+ * and everything curl's callbacks need.  Driven either to its end by
+ * upstream_chat() in a worker thread, or by relay.c's curl multi handle
+ * together with every other open stream of the process. */
+struct upstream_xfer {
+	CURL *curl;
+	struct upstream_call call;
+	struct upstream_result *res;
+	struct ndjson nd;
+	struct buf error_body;
+	struct buf request_body;
+	long http_status; /* 0 until the first body byte */
+	int done;	  /* saw "done": true */
+	int failed;	  /* res->kind/error are set */
+	int stopped;	  /* a callback (or the caller) asked to stop */
+	double started, last_data;
+	char curl_error[CURL_ERROR_SIZE];
+};
+
 int upstream_global_init(void);
 void upstream_global_cleanup(void);
+
+void upstream_xfer_init(struct upstream_xfer *x);
+void upstream_xfer_free(struct upstream_xfer *x); /* not x->curl */
+
+/* Set x->curl up for one call: the request body, the callbacks, the
+ * timeouts.  blocking: the caller runs curl_easy_perform(), and curl's
+ * progress callback enforces the idle and total timeouts and calls
+ * on_tick; otherwise the caller polls upstream_xfer_idle().  0 or -1
+ * (out of memory: res says so). */
+int upstream_xfer_prepare(struct upstream_xfer *x, const struct upstream_call *call,
+			  struct upstream_result *res, int blocking);
+
+/* The transfer ended with curl's code cc: decide the outcome.  0 when the
+ * model finished (outcome DONE) and -1 otherwise; res says why. */
+int upstream_xfer_finish(struct upstream_xfer *x, CURLcode cc);
+
+/* Silent past the idle timeout at time now (CLOCK_MONOTONIC seconds)?
+ * Then the failure is recorded and 1 returned: remove the transfer. */
+int upstream_xfer_idle(struct upstream_xfer *x, double now);
+
+/* Seconds on CLOCK_MONOTONIC. */
+double upstream_now(void);
+
+/* The worker's handle for blocking calls. */
 void upstream_free(struct upstream *u);
 
 /* Run one chat call on this worker's handle.  Returns 0 when the call

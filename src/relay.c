@@ -1,0 +1,770 @@
+/*
+ * relay — the event loop of chat_stream (see relay.h).
+ *
+ * A chunk's way: epoll reports the upstream socket readable →
+ * curl_multi_socket_action() → curl's write callback (upstream.c) →
+ * ndjson → on_content() below → sse_chunk() into the loop's scratch
+ * buffer, framed as one FCGI_STDOUT record → one send() to nginx.  What the
+ * socket does not take at once waits in the stream's `out` buffer until
+ * EPOLLOUT.
+ *
+ * A stream's states, in order: STREAMING (its transfer is in the multi
+ * handle), STORING (a store thread has it), CLOSING (its last bytes are
+ * being written).  Only the loop thread touches a stream in STREAMING and
+ * CLOSING; a store thread owns it while STORING.  Streams pass between
+ * them through two queues guarded by relay.lock.
+ */
+#include "relay.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "exchange.h"
+#include "fcgi_wire.h"
+#include "log.h"
+#include "metrics.h"
+#include "request.h"
+#include "server.h"
+#include "sse.h"
+#include "upstream.h"
+
+#define TICK_S 0.25	       /* pings, idle timeouts, shutdown checks */
+#define OUT_MAX (1u << 20)     /* unsent bytes before a client counts as gone */
+#define CLOSE_GRACE_S 10.0     /* to take the last event, then it is cut */
+#define STORERS 2	       /* store threads */
+#define IDLE_HANDLES 256       /* curl handles kept for reuse */
+#define EVENTS 256	       /* epoll events per wait */
+#define CURL_TAG (1ull << 63)  /* epoll data of an upstream socket */
+#define WAKE_TAG ((uint64_t)1) /* epoll data of the eventfd */
+
+enum state { STREAMING, STORING, CLOSING };
+
+struct stream {
+	struct stream *prev, *next; /* relay.live: loop thread only */
+	struct stream *qnext;	    /* in relay.incoming, .to_store or .settled */
+	enum state state;
+	int fd, request_id;
+	int watched;	 /* fd is in the epoll set */
+	int want_out;	 /* ... with EPOLLOUT */
+	int in_multi;	 /* the transfer is in relay.multi */
+	int client_gone; /* atomic: written by the loop, read by a store thread */
+	int restarting;	 /* ended because the process stops */
+	struct exchange *ex;
+	struct upstream_xfer x;
+	struct buf out;	  /* bytes the socket has not taken yet */
+	struct buf tail;  /* the last event and the end of the request */
+	size_t tail_body; /* bytes of that event, for the log */
+	int seq;
+	double last_write, closing_since;
+
+	/* The log line. */
+	char *path;
+	const char *method;
+	struct timespec started;
+	double started_s;
+	double first_chunk_ms;
+	unsigned long long bytes;
+	char note[128];
+};
+
+static struct {
+	int epfd, evfd;
+	CURLM *multi;
+	double curl_deadline; /* < 0: curl wants no timeout */
+	struct stream *live;  /* every stream the loop has taken in */
+	struct buf scratch;   /* one event at a time */
+	pthread_t loop;
+	pthread_t storers[STORERS];
+	int nstorers;
+	int quit; /* atomic: relay_stop() was called */
+	int open; /* atomic: reserved places, submitted or not */
+
+	pthread_mutex_t lock; /* guards the fields below */
+	pthread_cond_t store_cond;
+	struct stream *incoming, *to_store, *settled;
+	int storers_quit;
+	CURL *idle[IDLE_HANDLES];
+	int nidle;
+} relay = {.epfd = -1,
+	   .evfd = -1,
+	   .lock = PTHREAD_MUTEX_INITIALIZER,
+	   .store_cond = PTHREAD_COND_INITIALIZER};
+
+static void wake_loop(void)
+{
+	uint64_t one = 1;
+	ssize_t rc = write(relay.evfd, &one, sizeof one);
+
+	(void)rc; /* the counter is already non-zero: the loop wakes anyway */
+}
+
+/* Append s to the queue at *head (relay.lock held).  Order does not
+ * matter to anyone, so a stack will do. */
+static void push(struct stream **head, struct stream *s)
+{
+	s->qnext = *head;
+	*head = s;
+}
+
+static CURL *take_handle(void)
+{
+	CURL *c = NULL;
+
+	pthread_mutex_lock(&relay.lock);
+	if (relay.nidle > 0)
+		c = relay.idle[--relay.nidle];
+	pthread_mutex_unlock(&relay.lock);
+	return c ? c : curl_easy_init();
+}
+
+static void give_handle(CURL *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_lock(&relay.lock);
+	if (relay.nidle < IDLE_HANDLES) {
+		relay.idle[relay.nidle++] = c;
+		c = NULL;
+	}
+	pthread_mutex_unlock(&relay.lock);
+	curl_easy_cleanup(c); /* NULL: kept */
+}
+
+/* --- the socket to nginx ------------------------------------------------ */
+
+static void watch(struct stream *s, int want_out)
+{
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = s};
+
+	if (want_out)
+		ev.events |= EPOLLOUT;
+	if (epoll_ctl(relay.epfd, s->watched ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s->fd, &ev) == 0) {
+		s->watched = 1;
+		s->want_out = want_out;
+	}
+}
+
+static void unwatch(struct stream *s)
+{
+	if (s->watched)
+		epoll_ctl(relay.epfd, EPOLL_CTL_DEL, s->fd, NULL);
+	s->watched = s->want_out = 0;
+}
+
+/* The client is gone: no more writes, no more events from its socket. */
+static void mark_gone(struct stream *s)
+{
+	__atomic_store_n(&s->client_gone, 1, __ATOMIC_RELEASE);
+	unwatch(s);
+	buf_free(&s->out);
+}
+
+static int gone(const struct stream *s)
+{
+	return __atomic_load_n(&s->client_gone, __ATOMIC_ACQUIRE);
+}
+
+/* Write what the socket takes now; keep the rest for EPOLLOUT.  0, or -1
+ * when the client is gone (or stopped reading for OUT_MAX bytes). */
+static int send_bytes(struct stream *s, const char *p, size_t n)
+{
+	ssize_t w = 0;
+
+	if (gone(s))
+		return -1;
+	if (s->out.len == 0) {
+		w = send(s->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w < 0 && errno != EAGAIN && errno != EINTR) {
+			mark_gone(s);
+			return -1;
+		}
+		if (w < 0)
+			w = 0;
+	}
+	if ((size_t)w == n)
+		return 0;
+	if (s->out.len + (n - (size_t)w) > OUT_MAX ||
+	    buf_append(&s->out, p + w, n - (size_t)w) != BUF_OK) {
+		log_warn("stream of message %lld: the client stopped reading; dropping it",
+			 s->ex->message_id);
+		mark_gone(s);
+		return -1;
+	}
+	if (!s->want_out)
+		watch(s, 1);
+	return 0;
+}
+
+/* EPOLLOUT: write what waits.  0, or -1 when the client is gone. */
+static int flush_out(struct stream *s)
+{
+	ssize_t w;
+
+	while (s->out.len > 0) {
+		w = send(s->fd, s->out.data, s->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w < 0 && (errno == EAGAIN || errno == EINTR))
+			return 0;
+		if (w < 0) {
+			mark_gone(s);
+			return -1;
+		}
+		buf_consume(&s->out, (size_t)w);
+	}
+	if (s->want_out)
+		watch(s, 0);
+	return 0;
+}
+
+/* Frame body text as one FCGI_STDOUT record in relay.scratch and send it.
+ * format appends the text; 0, or -1 (client gone, or out of memory). */
+static int send_record(struct stream *s, const char *body, size_t n)
+{
+	long at;
+
+	buf_reset(&relay.scratch);
+	at = fcgi_wire_stdout_begin(&relay.scratch);
+	if (at < 0 || buf_append(&relay.scratch, body, n) != BUF_OK ||
+	    fcgi_wire_stdout_end(&relay.scratch, at, s->request_id) < 0)
+		return -1;
+	if (send_bytes(s, relay.scratch.data, relay.scratch.len) < 0)
+		return -1;
+	s->bytes += n;
+	s->last_write = upstream_now();
+	return 0;
+}
+
+/* nginx sent something, or closed.  It sends nothing after the request
+ * but may still have the end of FCGI_STDIN in flight: read and drop. */
+static void on_client_event(struct stream *s, uint32_t events)
+{
+	char sink[512];
+	ssize_t n;
+
+	if (events & EPOLLOUT && flush_out(s) < 0)
+		return;
+	if (events & EPOLLIN) {
+		while ((n = read(s->fd, sink, sizeof sink)) > 0)
+			;
+		if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+			mark_gone(s);
+			return;
+		}
+	}
+	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		mark_gone(s);
+}
+
+/* --- curl ------------------------------------------------------------------ */
+
+/* A piece of the model's reply: one SSE event, then into the reply that
+ * history will hold (only once the client has it). */
+static int on_content(void *ctx, const char *text, size_t n)
+{
+	struct stream *s = ctx;
+	struct exchange *ex = s->ex;
+	long at;
+
+	if (gone(s))
+		return -1;
+	if (s->first_chunk_ms < 0) {
+		s->first_chunk_ms = (upstream_now() - s->started_s) * 1e3;
+		metrics_first_chunk(s->first_chunk_ms);
+	}
+	buf_reset(&relay.scratch);
+	at = fcgi_wire_stdout_begin(&relay.scratch);
+	if (at < 0 || sse_chunk(&relay.scratch, ex->message_id, ++s->seq, text, n) < 0 ||
+	    fcgi_wire_stdout_end(&relay.scratch, at, s->request_id) < 0)
+		return -1;
+	if (send_bytes(s, relay.scratch.data, relay.scratch.len) < 0)
+		return -1;
+	s->bytes += relay.scratch.len - (size_t)at - FCGI_WIRE_HEADER;
+	s->last_write = upstream_now();
+	if (buf_append(&ex->reply, text, n) != BUF_OK) {
+		log_warn("reply of message %lld over %zu bytes; stopping", ex->message_id,
+			 ex->reply.max);
+		return -1;
+	}
+	return 0;
+}
+
+static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+	struct epoll_event ev = {.data.u64 = CURL_TAG | (uint64_t)(unsigned)fd};
+
+	(void)e, (void)userp, (void)socketp;
+	if (what == CURL_POLL_REMOVE) {
+		epoll_ctl(relay.epfd, EPOLL_CTL_DEL, fd, NULL);
+		return 0;
+	}
+	ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+	if (epoll_ctl(relay.epfd, EPOLL_CTL_MOD, fd, &ev) < 0 && errno == ENOENT &&
+	    epoll_ctl(relay.epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		log_error("epoll_ctl on an upstream socket: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int on_timer(CURLM *m, long timeout_ms, void *userp)
+{
+	(void)m, (void)userp;
+	relay.curl_deadline = timeout_ms < 0 ? -1 : upstream_now() + (double)timeout_ms / 1e3;
+	return 0;
+}
+
+/* --- a stream's end --------------------------------------------------------- */
+
+/* The transfer is over (finished, failed or stopped): history next. */
+static void to_store(struct stream *s, CURLcode cc)
+{
+	if (s->in_multi) {
+		curl_multi_remove_handle(relay.multi, s->x.curl);
+		s->in_multi = 0;
+	}
+	upstream_xfer_finish(&s->x, cc);
+	s->state = STORING;
+	pthread_mutex_lock(&relay.lock);
+	push(&relay.to_store, s);
+	pthread_cond_signal(&relay.store_cond);
+	pthread_mutex_unlock(&relay.lock);
+}
+
+/* Stop a transfer from outside curl's callbacks. */
+static void abort_transfer(struct stream *s)
+{
+	s->x.stopped = 1;
+	to_store(s, CURLE_ABORTED_BY_CALLBACK);
+}
+
+static void free_stream(struct stream *s)
+{
+	if (s->ex) {
+		exchange_end(s->ex);
+		free(s->ex);
+	}
+	give_handle(s->x.curl);
+	upstream_xfer_free(&s->x);
+	buf_free(&s->out);
+	buf_free(&s->tail);
+	free(s->path);
+	free(s);
+}
+
+static void close_stream(struct stream *s)
+{
+	struct log_request_fields f = {
+		.method = s->method,
+		.path = s->path,
+		.status = 200,
+		.user_id = s->ex->user.id,
+		.first_chunk_ms = s->first_chunk_ms,
+		.note = s->note,
+	};
+	double now = upstream_now();
+
+	unwatch(s);
+	close(s->fd);
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		relay.live = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	if (gone(s))
+		metrics_client_abort();
+	metrics_stream_duration((now - s->started_s) * 1e3);
+	metrics_active_streams(-1);
+	metrics_count_request(METRICS_EP_STREAM, 200);
+	f.duration_ms = (now - s->started_s) * 1e3;
+	f.bytes = s->bytes;
+	log_request(&f);
+	free_stream(s);
+	relay_unreserve();
+}
+
+/* Stored: write the last event, then end the request. */
+static void on_settled(struct stream *s)
+{
+	s->state = CLOSING;
+	s->closing_since = upstream_now();
+	if (!gone(s) && s->tail.len > 0 && send_bytes(s, s->tail.data, s->tail.len) == 0)
+		s->bytes += s->tail_body;
+	if (gone(s) || s->out.len == 0)
+		close_stream(s);
+}
+
+/* A store thread's part: history, then the bytes that end the stream. */
+static void settle(struct stream *s)
+{
+	struct exchange *ex = s->ex;
+	int complete = ex->result.outcome == UPSTREAM_DONE, rc = 0;
+	const char *outcome;
+	long at;
+
+	at = fcgi_wire_stdout_begin(&s->tail);
+	if (exchange_store(ex, complete) < 0 && !gone(s))
+		rc = sse_error(&s->tail, "The reply could not be saved; please retry.");
+	else if (complete)
+		rc = sse_done(&s->tail, ex->message_id, ex->conversation, &ex->result);
+	else if (s->restarting)
+		rc = sse_error(&s->tail, "The server is restarting; please retry in a moment.");
+	else if (ex->result.outcome == UPSTREAM_FAILED)
+		rc = sse_error(&s->tail, ex->result.error);
+	else if (!gone(s))
+		/* Stopped by us with the client still there: the reply outgrew
+		 * its buffer.  Never end a stream without done or error. */
+		rc = sse_error(&s->tail, "The reply was too long and was stopped.");
+	if (at >= 0 && (size_t)at + FCGI_WIRE_HEADER == s->tail.len)
+		s->tail.len = (size_t)at; /* no event: an empty record would end stdout */
+	else if (rc < 0 || at < 0 || fcgi_wire_stdout_end(&s->tail, at, s->request_id) < 0)
+		buf_reset(&s->tail);
+	else
+		s->tail_body = s->tail.len - (size_t)at - FCGI_WIRE_HEADER;
+	if (fcgi_wire_end(&s->tail, s->request_id) < 0)
+		buf_reset(&s->tail);
+	outcome = gone(s)				  ? "client_gone"
+		  : complete				  ? "done"
+		  : s->restarting			  ? "restarting"
+		  : ex->result.outcome == UPSTREAM_FAILED ? "upstream_error"
+							  : "too_long";
+	snprintf(s->note, sizeof s->note, "outcome=%s message_id=%lld", outcome, ex->message_id);
+}
+
+static void *storer_main(void *arg)
+{
+	struct stream *s;
+
+	(void)arg;
+	for (;;) {
+		pthread_mutex_lock(&relay.lock);
+		while (!relay.to_store && !relay.storers_quit)
+			pthread_cond_wait(&relay.store_cond, &relay.lock);
+		s = relay.to_store;
+		if (s)
+			relay.to_store = s->qnext;
+		pthread_mutex_unlock(&relay.lock);
+		if (!s)
+			return NULL;
+		settle(s);
+		pthread_mutex_lock(&relay.lock);
+		push(&relay.settled, s);
+		pthread_mutex_unlock(&relay.lock);
+		wake_loop();
+	}
+}
+
+/* --- the loop ---------------------------------------------------------------- */
+
+static void take_in(struct stream *s)
+{
+	s->next = relay.live;
+	s->prev = NULL;
+	if (relay.live)
+		relay.live->prev = s;
+	relay.live = s;
+	s->last_write = upstream_now();
+	watch(s, 0);
+	if (!s->watched) {
+		log_error("epoll_ctl on a FastCGI connection: %s", strerror(errno));
+		mark_gone(s);
+	}
+	if (curl_multi_add_handle(relay.multi, s->x.curl) != CURLM_OK) {
+		s->x.failed = 1;
+		s->ex->result.kind = METRICS_UE_OTHER;
+		snprintf(s->ex->result.error, sizeof s->ex->result.error,
+			 "Out of memory starting the upstream request.");
+		to_store(s, CURLE_OUT_OF_MEMORY);
+		return;
+	}
+	s->in_multi = 1;
+	if (server_stopping()) {
+		s->restarting = 1;
+		abort_transfer(s);
+	}
+}
+
+/* The queues the other threads fill. */
+static void drain_queues(void)
+{
+	struct stream *in, *done, *next;
+	uint64_t n;
+	ssize_t rc = read(relay.evfd, &n, sizeof n);
+
+	(void)rc;
+	pthread_mutex_lock(&relay.lock);
+	in = relay.incoming;
+	done = relay.settled;
+	relay.incoming = relay.settled = NULL;
+	pthread_mutex_unlock(&relay.lock);
+	for (; in; in = next) {
+		next = in->qnext;
+		take_in(in);
+	}
+	for (; done; done = next) {
+		next = done->qnext;
+		on_settled(done);
+	}
+}
+
+static void read_curl_messages(void)
+{
+	CURLMsg *m;
+	int left;
+
+	while ((m = curl_multi_info_read(relay.multi, &left)) != NULL) {
+		struct upstream_xfer *x = NULL;
+
+		if (m->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+		if (x) {
+			struct stream *s =
+				(struct stream *)((char *)x - offsetof(struct stream, x));
+
+			if (s->state == STREAMING && s->in_multi)
+				to_store(s, m->data.result);
+		}
+	}
+}
+
+/* Every TICK_S: pings, idle upstreams, clients gone while nothing was
+ * written, streams that will not take their last bytes, shutdown. */
+static void tick(double now)
+{
+	int stopping = server_stopping();
+	struct stream *s, *next;
+
+	for (s = relay.live; s; s = next) {
+		next = s->next;
+		if (s->state == CLOSING) {
+			if (now - s->closing_since > CLOSE_GRACE_S)
+				close_stream(s);
+			continue;
+		}
+		if (s->state != STREAMING)
+			continue;
+		if (stopping) {
+			s->restarting = 1;
+			abort_transfer(s);
+		} else if (gone(s)) {
+			abort_transfer(s);
+		} else if (upstream_xfer_idle(&s->x, now)) {
+			to_store(s, CURLE_OK);
+		} else if (now - s->last_write >= config.ping_interval) {
+			send_record(s, SSE_PING, sizeof SSE_PING - 1);
+		}
+	}
+}
+
+static void *loop_main(void *arg)
+{
+	struct epoll_event ev[EVENTS];
+	double next_tick = upstream_now() + TICK_S;
+	int running;
+
+	(void)arg;
+	for (;;) {
+		double now = upstream_now(), wait_s = next_tick - now;
+		int n, i, timeout_ms;
+
+		if (relay.curl_deadline >= 0 && relay.curl_deadline - now < wait_s)
+			wait_s = relay.curl_deadline - now;
+		timeout_ms = wait_s <= 0 ? 0 : (int)(wait_s * 1e3) + 1;
+		n = epoll_wait(relay.epfd, ev, EVENTS, timeout_ms);
+		if (n < 0 && errno != EINTR) {
+			log_error("epoll_wait: %s", strerror(errno));
+			n = 0;
+		}
+		for (i = 0; i < n; i++) {
+			uint64_t tag = ev[i].data.u64;
+
+			if (tag == WAKE_TAG) {
+				drain_queues();
+			} else if (tag & CURL_TAG) {
+				int flags = (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
+					    (ev[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+					    (ev[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR
+										  : 0);
+
+				curl_multi_socket_action(relay.multi,
+							 (curl_socket_t)(tag & 0xffffffffu), flags,
+							 &running);
+			} else {
+				struct stream *s = ev[i].data.ptr;
+
+				on_client_event(s, ev[i].events);
+				/* Noticed now, while the model may be silent: stop it. */
+				if (gone(s) && s->state == STREAMING)
+					abort_transfer(s);
+				else if (s->state == CLOSING && (gone(s) || s->out.len == 0))
+					close_stream(s);
+			}
+		}
+		now = upstream_now();
+		if (relay.curl_deadline >= 0 && now >= relay.curl_deadline) {
+			relay.curl_deadline = -1;
+			curl_multi_socket_action(relay.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+		}
+		read_curl_messages();
+		if (now >= next_tick) {
+			tick(now);
+			next_tick = now + TICK_S;
+		}
+		if (__atomic_load_n(&relay.quit, __ATOMIC_ACQUIRE) &&
+		    __atomic_load_n(&relay.open, __ATOMIC_ACQUIRE) == 0)
+			return NULL;
+	}
+}
+
+/* --- the workers' side --------------------------------------------------------- */
+
+int relay_reserve(void)
+{
+	if (__atomic_add_fetch(&relay.open, 1, __ATOMIC_ACQ_REL) <= config.streams_max)
+		return 0;
+	relay_unreserve();
+	return -1;
+}
+
+void relay_unreserve(void)
+{
+	__atomic_sub_fetch(&relay.open, 1, __ATOMIC_ACQ_REL);
+}
+
+int relay_submit(struct request *r, struct exchange *ex)
+{
+	struct upstream_message *msgs = NULL;
+	struct upstream_call call = {0};
+	struct stream *s = calloc(1, sizeof *s);
+	int n;
+
+	if (!s)
+		return -1;
+	upstream_xfer_init(&s->x);
+	buf_init(&s->out, OUT_MAX);
+	buf_init(&s->tail, 64u << 10);
+	s->x.curl = take_handle();
+	s->path = strdup(r->path ? r->path : "-");
+	if (!s->x.curl || !s->path || exchange_messages(ex, &msgs, &n) < 0)
+		goto fail;
+	call.messages = msgs;
+	call.nmessages = n;
+	call.on_content = on_content;
+	call.ctx = s;
+	call.idle_timeout = config.upstream_idle_timeout;
+	if (upstream_xfer_prepare(&s->x, &call, &ex->result, 0) < 0)
+		goto fail;
+	free(msgs);
+	msgs = NULL;
+	exchange_release_context(ex); /* in the request body now */
+
+	s->ex = ex;
+	s->fd = r->fcgx->ipcFd;
+	s->request_id = r->fcgx->requestId;
+	s->method = strcmp(r->method, "POST") == 0 ? "POST" : "GET";
+	s->started = r->started;
+	s->started_s = (double)r->started.tv_sec + (double)r->started.tv_nsec / 1e9;
+	s->first_chunk_ms = -1;
+	s->state = STREAMING;
+	/* From here on the connection is the relay's: libfcgi must not write
+	 * its end records nor close it when the worker finishes. */
+	r->fcgx->ipcFd = -1;
+	r->handed_off = 1;
+	metrics_active_streams(1);
+
+	pthread_mutex_lock(&relay.lock);
+	push(&relay.incoming, s);
+	pthread_mutex_unlock(&relay.lock);
+	wake_loop();
+	return 0;
+fail:
+	free(msgs);
+	free_stream(s); /* s->ex is still NULL: ex stays the caller's */
+	return -1;
+}
+
+/* --- start and stop ---------------------------------------------------------- */
+
+int relay_start(void)
+{
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = WAKE_TAG};
+	int i;
+
+	buf_init(&relay.scratch, 64u << 20);
+	relay.curl_deadline = -1;
+	relay.epfd = epoll_create1(EPOLL_CLOEXEC);
+	relay.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	relay.multi = curl_multi_init();
+	if (relay.epfd < 0 || relay.evfd < 0 || !relay.multi ||
+	    epoll_ctl(relay.epfd, EPOLL_CTL_ADD, relay.evfd, &ev) < 0)
+		goto fail;
+	curl_multi_setopt(relay.multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+	curl_multi_setopt(relay.multi, CURLMOPT_TIMERFUNCTION, on_timer);
+	/* Idle connections to the model server kept for the next streams. */
+	curl_multi_setopt(relay.multi, CURLMOPT_MAXCONNECTS, 256L);
+	if (pthread_create(&relay.loop, NULL, loop_main, NULL) != 0)
+		goto fail;
+	for (i = 0; i < STORERS; i++) {
+		if (pthread_create(&relay.storers[i], NULL, storer_main, NULL) != 0)
+			break;
+		relay.nstorers++;
+	}
+	if (relay.nstorers == 0) {
+		log_error("cannot start a store thread");
+		__atomic_store_n(&relay.quit, 1, __ATOMIC_RELEASE);
+		wake_loop();
+		pthread_join(relay.loop, NULL);
+		goto fail;
+	}
+	return 0;
+fail:
+	log_error("cannot start the stream relay: %s", strerror(errno));
+	if (relay.multi)
+		curl_multi_cleanup(relay.multi);
+	if (relay.epfd >= 0)
+		close(relay.epfd);
+	if (relay.evfd >= 0)
+		close(relay.evfd);
+	relay.multi = NULL;
+	relay.epfd = relay.evfd = -1;
+	buf_free(&relay.scratch);
+	return -1;
+}
+
+void relay_stop(void)
+{
+	int i;
+
+	if (!relay.multi)
+		return;
+	/* server_stopping() is set: the next tick ends every stream. */
+	__atomic_store_n(&relay.quit, 1, __ATOMIC_RELEASE);
+	wake_loop();
+	pthread_join(relay.loop, NULL);
+	pthread_mutex_lock(&relay.lock);
+	relay.storers_quit = 1;
+	pthread_cond_broadcast(&relay.store_cond);
+	pthread_mutex_unlock(&relay.lock);
+	for (i = 0; i < relay.nstorers; i++)
+		pthread_join(relay.storers[i], NULL);
+	relay.nstorers = 0;
+	while (relay.nidle > 0)
+		curl_easy_cleanup(relay.idle[--relay.nidle]);
+	curl_multi_cleanup(relay.multi);
+	relay.multi = NULL;
+	close(relay.epfd);
+	close(relay.evfd);
+	relay.epfd = relay.evfd = -1;
+	buf_free(&relay.scratch);
+}
