@@ -18,6 +18,20 @@
 #include "response.h"
 #include "sse.h"
 
+/* The 200 is out but the relay could not take the stream: end it with
+ * an error event through libfcgi.  Nothing went upstream, nothing is
+ * stored. */
+static void fail_started(struct request *r)
+{
+	struct buf ev;
+
+	buf_init(&ev, 4096);
+	if (sse_error(&ev, "Out of memory, please retry.") == 0 &&
+	    resp_write(r, ev.data, ev.len) == 0)
+		resp_flush(r);
+	buf_free(&ev);
+}
+
 static void stream_run(struct request *r, int from_query)
 {
 	struct exchange *ex;
@@ -40,13 +54,10 @@ static void stream_run(struct request *r, int from_query)
 		relay_unreserve();
 		return;
 	}
-	if (exchange_begin(ex, r, from_query, 1) == 0) {
-		/* Nothing was sent upstream yet: a client gone already leaves
-		 * nothing to store. */
-		if (sse_start(r) == 0 && relay_submit(r, ex) == 0)
+	if (exchange_begin(ex, r, from_query, 1) == 0 && sse_start(r) == 0) {
+		if (relay_submit(r, ex) == 0)
 			return; /* the relay has ex, the connection and the place */
-		if (!r->client_gone)
-			r->client_gone = 1; /* headers are out: nothing else can be said */
+		fail_started(r);
 	}
 	exchange_end(ex);
 	free(ex);

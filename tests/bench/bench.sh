@@ -39,9 +39,10 @@
 #   BENCH_TOKENS      tokens per stream in 2-4 (default: see above)
 #   BENCH_GAP_MS      milliseconds between tokens in 2-4 (20)
 #   BENCH_PROCS, BENCH_WORKERS, BENCH_STACK_KIB
-#                     chat_stream processes, threads per process and thread
-#                     stack (defaults 4, 2600, 64; quick: 1, 400, 64) —
-#                     10,000 streams need 10,000 threads
+#                     chat_stream processes, worker threads per process (they
+#                     only set streams up; relay.c's one loop thread per
+#                     process carries every open stream) and thread stack
+#                     (defaults 2, 16, 64; quick: 1, 16, 64)
 #   BENCH_KEEP=1      keep the temporary directory (logs, raw JSON) and say
 #                     where; it is also kept when a scenario had failures
 # Needs: make (cgi-bin/*, tests/fake_ollama); tests/bench/loadgen is built
@@ -59,10 +60,10 @@ RAMP=${BENCH_RAMP:-1000}
 STACK_KIB=${BENCH_STACK_KIB:-64}
 if [[ $QUICK == 1 ]]; then
     N1=50 N2=20 N3=100 N4=300 RR_SECS=3
-    PROCS=${BENCH_PROCS:-1} WORKERS=${BENCH_WORKERS:-400}
+    PROCS=${BENCH_PROCS:-1} WORKERS=${BENCH_WORKERS:-16}
 else
     N1=200 N2=100 N3=1000 N4=10000 RR_SECS=10
-    PROCS=${BENCH_PROCS:-4} WORKERS=${BENCH_WORKERS:-2600}
+    PROCS=${BENCH_PROCS:-2} WORKERS=${BENCH_WORKERS:-16}
 fi
 GAP_MS=${BENCH_GAP_MS:-20}
 

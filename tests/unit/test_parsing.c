@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "check.h"
+#include "fcgi_wire.h"
 #include "ndjson.h"
 #include "request.h"
 #include "sse.h"
@@ -165,6 +166,65 @@ static void test_json_escape(void)
 	buf_free(&b);
 }
 
+/* Walk FastCGI records: every one a version-1 FCGI_STDOUT of request 7
+ * with no padding; their contents joined must be the original text. */
+static int unframe(const struct buf *b, struct buf *content)
+{
+	size_t at = 0;
+
+	while (at + FCGI_WIRE_HEADER <= b->len) {
+		const unsigned char *h = (const unsigned char *)b->data + at;
+		size_t n = (size_t)h[4] << 8 | h[5];
+
+		if (h[0] != 1 || h[1] != 6 || h[2] != 0 || h[3] != 7 || h[6] != 0 ||
+		    at + FCGI_WIRE_HEADER + n > b->len || n == 0)
+			return -1;
+		buf_append(content, b->data + at + FCGI_WIRE_HEADER, n);
+		at += FCGI_WIRE_HEADER + n;
+	}
+	return at == b->len ? 0 : -1;
+}
+
+static void test_fcgi_wire(void)
+{
+	static const size_t sizes[] = {1, 5, 65535, 65536, 65537, 200000, 3 * 65535};
+	struct buf b, content;
+	size_t i, j;
+
+	for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+		long at;
+
+		buf_init(&b, 1u << 20);
+		buf_init(&content, 1u << 20);
+		buf_puts(&b, ""); /* records may follow other bytes: none here */
+		at = fcgi_wire_stdout_begin(&b);
+		CHECK(at == 0);
+		for (j = 0; j < sizes[i]; j++)
+			buf_putc(&b, (char)('a' + j % 26));
+		CHECK(fcgi_wire_stdout_end(&b, at, 7) == 0);
+		CHECK(b.len == sizes[i] + FCGI_WIRE_HEADER * ((sizes[i] + 65534) / 65535));
+		CHECK(unframe(&b, &content) == 0);
+		CHECK(content.len == sizes[i]);
+		for (j = 0; j < content.len && content.data[j] == (char)('a' + j % 26); j++)
+			;
+		CHECK(j == sizes[i]);
+		buf_free(&b);
+		buf_free(&content);
+	}
+	/* The end: empty FCGI_STDOUT, then FCGI_END_REQUEST (status 0, complete). */
+	buf_init(&b, 64);
+	CHECK(fcgi_wire_end(&b, 0x1234) == 0);
+	CHECK(b.len == 24);
+	CHECK(memcmp(b.data, "\x01\x06\x12\x34\x00\x00\x00\x00", 8) == 0);
+	CHECK(memcmp(b.data + 8, "\x01\x03\x12\x34\x00\x08\x00\x00", 8) == 0);
+	CHECK(memcmp(b.data + 16, "\0\0\0\0\0\0\0\0", 8) == 0);
+	/* A full buffer fails cleanly. */
+	buf_free(&b);
+	buf_init(&b, 4);
+	CHECK(fcgi_wire_stdout_begin(&b) == -1);
+	buf_free(&b);
+}
+
 static void test_utf8(void)
 {
 	CHECK(utf8_valid("", 0));
@@ -239,6 +299,7 @@ int main(void)
 	test_form_lookup();
 	test_ndjson();
 	test_json_escape();
+	test_fcgi_wire();
 	test_utf8();
 	test_buf();
 	test_decode_body();
