@@ -3,9 +3,11 @@
  *
  * A chunk's way: epoll reports the upstream socket readable →
  * curl_multi_socket_action() → curl's write callback (upstream.c) →
- * ndjson → on_content() below → sse_chunk() into the loop's scratch
- * buffer, framed as one FCGI_STDOUT record → one send() to nginx.  What the
- * socket does not take at once waits in the stream's `out` buffer until
+ * ndjson → on_content() below → sse_chunk() appends the event, framed as
+ * an FCGI_STDOUT record, to the stream's `out` buffer → at the end of the
+ * loop's turn, flush_dirty() sends each stream's buffer with one send():
+ * lines that arrived together leave together, one write and one wakeup of
+ * nginx instead of one per line.  What the socket does not take waits for
  * EPOLLOUT.
  *
  * A stream's states, in order: STREAMING (its transfer is in the multi
@@ -40,7 +42,8 @@
 #include "upstream.h"
 
 #define TICK_S 0.25	       /* pings, idle timeouts, shutdown checks */
-#define OUT_MAX (1u << 20)     /* unsent bytes before a client counts as gone */
+#define PENDING_MAX (1u << 20) /* unsent bytes before a client counts as gone */
+#define OUT_MAX (32u << 20)    /* one event: a 4 MiB line, escaped */
 #define CLOSE_GRACE_S 10.0     /* to take the last event, then it is cut */
 #define STORERS 2	       /* store threads */
 #define IDLE_HANDLES 256       /* curl handles kept for reuse */
@@ -53,6 +56,8 @@ enum state { STREAMING, STORING, CLOSING };
 struct stream {
 	struct stream *prev, *next; /* relay.live: loop thread only */
 	struct stream *qnext;	    /* in relay.incoming, .to_store or .settled */
+	struct stream *dnext;	    /* in relay.dirty: loop thread only */
+	int dirty;		    /* has bytes to send this turn */
 	enum state state;
 	int fd, request_id;
 	int watched;	 /* fd is in the epoll set */
@@ -83,7 +88,7 @@ static struct {
 	CURLM *multi;
 	double curl_deadline; /* < 0: curl wants no timeout */
 	struct stream *live;  /* every stream the loop has taken in */
-	struct buf scratch;   /* one event at a time */
+	struct stream *dirty; /* streams with new bytes in `out` this turn */
 	pthread_t loop;
 	pthread_t storers[STORERS];
 	int nstorers;
@@ -175,38 +180,25 @@ static int gone(const struct stream *s)
 	return __atomic_load_n(&s->client_gone, __ATOMIC_ACQUIRE);
 }
 
-/* Write what the socket takes now; keep the rest for EPOLLOUT.  0, or -1
- * when the client is gone (or stopped reading for OUT_MAX bytes). */
-static int send_bytes(struct stream *s, const char *p, size_t n)
+static void mark_dirty(struct stream *s)
 {
-	ssize_t w = 0;
-
-	if (gone(s))
-		return -1;
-	if (s->out.len == 0) {
-		w = send(s->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (w < 0 && errno != EAGAIN && errno != EINTR) {
-			mark_gone(s);
-			return -1;
-		}
-		if (w < 0)
-			w = 0;
-	}
-	if ((size_t)w == n)
-		return 0;
-	if (s->out.len + (n - (size_t)w) > OUT_MAX ||
-	    buf_append(&s->out, p + w, n - (size_t)w) != BUF_OK) {
-		log_warn("stream of message %lld: the client stopped reading; dropping it",
-			 s->ex->message_id);
-		mark_gone(s);
-		return -1;
-	}
-	if (!s->want_out)
-		watch(s, 1);
-	return 0;
+	if (s->dirty)
+		return;
+	s->dirty = 1;
+	s->dnext = relay.dirty;
+	relay.dirty = s;
 }
 
-/* EPOLLOUT: write what waits.  0, or -1 when the client is gone. */
+/* The client stopped reading (PENDING_MAX bytes wait) or memory ran out. */
+static void too_slow(struct stream *s)
+{
+	log_warn("stream of message %lld: the client stopped reading; dropping it",
+		 s->ex->message_id);
+	mark_gone(s);
+}
+
+/* Write what waits in `out`; keep the rest for EPOLLOUT.  0, or -1 when
+ * the client is gone. */
 static int flush_out(struct stream *s)
 {
 	ssize_t w;
@@ -214,34 +206,60 @@ static int flush_out(struct stream *s)
 	while (s->out.len > 0) {
 		w = send(s->fd, s->out.data, s->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (w < 0 && (errno == EAGAIN || errno == EINTR))
-			return 0;
+			break;
 		if (w < 0) {
 			mark_gone(s);
 			return -1;
 		}
 		buf_consume(&s->out, (size_t)w);
 	}
-	if (s->want_out)
-		watch(s, 0);
+	if ((s->out.len > 0) != s->want_out)
+		watch(s, s->out.len > 0);
 	return 0;
 }
 
-/* Frame body text as one FCGI_STDOUT record in relay.scratch and send it.
- * format appends the text; 0, or -1 (client gone, or out of memory). */
-static int send_record(struct stream *s, const char *body, size_t n)
+/* The end of a loop turn: send what every stream got during it. */
+static void flush_dirty(void)
+{
+	struct stream *s;
+
+	while ((s = relay.dirty) != NULL) {
+		relay.dirty = s->dnext;
+		s->dirty = 0;
+		if (!gone(s))
+			flush_out(s);
+	}
+}
+
+/* Append body text to `out` as one FCGI_STDOUT record, sent at the end of
+ * the turn.  format appends the body; 0, or -1 when the client is gone. */
+static int queue_record(struct stream *s, int (*format)(struct buf *, const void *),
+			const void *arg)
 {
 	long at;
 
-	buf_reset(&relay.scratch);
-	at = fcgi_wire_stdout_begin(&relay.scratch);
-	if (at < 0 || buf_append(&relay.scratch, body, n) != BUF_OK ||
-	    fcgi_wire_stdout_end(&relay.scratch, at, s->request_id) < 0)
+	if (gone(s))
 		return -1;
-	if (send_bytes(s, relay.scratch.data, relay.scratch.len) < 0)
+	if (s->out.len > PENDING_MAX) {
+		too_slow(s);
 		return -1;
-	s->bytes += n;
+	}
+	at = fcgi_wire_stdout_begin(&s->out);
+	if (at < 0 || format(&s->out, arg) < 0 ||
+	    fcgi_wire_stdout_end(&s->out, at, s->request_id) < 0) {
+		too_slow(s);
+		return -1;
+	}
+	s->bytes += s->out.len - (size_t)at - FCGI_WIRE_HEADER;
 	s->last_write = upstream_now();
+	mark_dirty(s);
 	return 0;
+}
+
+static int format_ping(struct buf *out, const void *arg)
+{
+	(void)arg;
+	return buf_puts(out, SSE_PING) == BUF_OK ? 0 : -1;
 }
 
 /* nginx sent something, or closed.  It sends nothing after the request
@@ -251,7 +269,7 @@ static void on_client_event(struct stream *s, uint32_t events)
 	char sink[512];
 	ssize_t n;
 
-	if (events & EPOLLOUT && flush_out(s) < 0)
+	if (events & EPOLLOUT && !gone(s) && flush_out(s) < 0)
 		return;
 	if (events & EPOLLIN) {
 		while ((n = read(s->fd, sink, sizeof sink)) > 0)
@@ -267,13 +285,26 @@ static void on_client_event(struct stream *s, uint32_t events)
 
 /* --- curl ------------------------------------------------------------------ */
 
+struct piece {
+	const struct stream *s;
+	const char *text;
+	size_t n;
+};
+
+static int format_chunk(struct buf *out, const void *arg)
+{
+	const struct piece *p = arg;
+
+	return sse_chunk(out, p->s->ex->message_id, p->s->seq, p->text, p->n);
+}
+
 /* A piece of the model's reply: one SSE event, then into the reply that
- * history will hold (only once the client has it). */
+ * history will hold (only once it is on its way to the client). */
 static int on_content(void *ctx, const char *text, size_t n)
 {
 	struct stream *s = ctx;
 	struct exchange *ex = s->ex;
-	long at;
+	struct piece p = {s, text, n};
 
 	if (gone(s))
 		return -1;
@@ -281,15 +312,9 @@ static int on_content(void *ctx, const char *text, size_t n)
 		s->first_chunk_ms = (upstream_now() - s->started_s) * 1e3;
 		metrics_first_chunk(s->first_chunk_ms);
 	}
-	buf_reset(&relay.scratch);
-	at = fcgi_wire_stdout_begin(&relay.scratch);
-	if (at < 0 || sse_chunk(&relay.scratch, ex->message_id, ++s->seq, text, n) < 0 ||
-	    fcgi_wire_stdout_end(&relay.scratch, at, s->request_id) < 0)
+	s->seq++;
+	if (queue_record(s, format_chunk, &p) < 0)
 		return -1;
-	if (send_bytes(s, relay.scratch.data, relay.scratch.len) < 0)
-		return -1;
-	s->bytes += relay.scratch.len - (size_t)at - FCGI_WIRE_HEADER;
-	s->last_write = upstream_now();
 	if (buf_append(&ex->reply, text, n) != BUF_OK) {
 		log_warn("reply of message %lld over %zu bytes; stopping", ex->message_id,
 			 ex->reply.max);
@@ -373,6 +398,8 @@ static void close_stream(struct stream *s)
 	};
 	double now = upstream_now();
 
+	if (s->dirty)
+		flush_dirty(); /* not left behind in the list */
 	unwatch(s);
 	close(s->fd);
 	if (s->prev)
@@ -398,8 +425,12 @@ static void on_settled(struct stream *s)
 {
 	s->state = CLOSING;
 	s->closing_since = upstream_now();
-	if (!gone(s) && s->tail.len > 0 && send_bytes(s, s->tail.data, s->tail.len) == 0)
-		s->bytes += s->tail_body;
+	if (!gone(s) && s->tail.len > 0) {
+		if (buf_append(&s->out, s->tail.data, s->tail.len) != BUF_OK)
+			too_slow(s);
+		else if (flush_out(s) == 0)
+			s->bytes += s->tail_body;
+	}
 	if (gone(s) || s->out.len == 0)
 		close_stream(s);
 }
@@ -562,7 +593,7 @@ static void tick(double now)
 		} else if (upstream_xfer_idle(&s->x, now)) {
 			to_store(s, CURLE_OK);
 		} else if (now - s->last_write >= config.ping_interval) {
-			send_record(s, SSE_PING, sizeof SSE_PING - 1);
+			queue_record(s, format_ping, NULL);
 		}
 	}
 }
@@ -621,6 +652,7 @@ static void *loop_main(void *arg)
 			tick(now);
 			next_tick = now + TICK_S;
 		}
+		flush_dirty();
 		if (__atomic_load_n(&relay.quit, __ATOMIC_ACQUIRE) &&
 		    __atomic_load_n(&relay.open, __ATOMIC_ACQUIRE) == 0)
 			return NULL;
@@ -701,7 +733,6 @@ int relay_start(void)
 	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = WAKE_TAG};
 	int i;
 
-	buf_init(&relay.scratch, 64u << 20);
 	relay.curl_deadline = -1;
 	relay.epfd = epoll_create1(EPOLL_CLOEXEC);
 	relay.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -738,7 +769,6 @@ fail:
 		close(relay.evfd);
 	relay.multi = NULL;
 	relay.epfd = relay.evfd = -1;
-	buf_free(&relay.scratch);
 	return -1;
 }
 
@@ -766,5 +796,4 @@ void relay_stop(void)
 	close(relay.epfd);
 	close(relay.evfd);
 	relay.epfd = relay.evfd = -1;
-	buf_free(&relay.scratch);
 }
