@@ -25,6 +25,9 @@ enum { BUF_OK = 0, BUF_NOMEM = -1, BUF_TOOBIG = -2 };
 void buf_init(struct buf *b, size_t max);
 void buf_free(struct buf *b);
 void buf_reset(struct buf *b); /* len = 0, keeps the memory */
+/* Room for `extra` more bytes now, so that the appends that follow do
+ * not reallocate.  BUF_OK, BUF_TOOBIG or BUF_NOMEM. */
+int buf_reserve(struct buf *b, size_t extra);
 int buf_append(struct buf *b, const void *p, size_t n);
 int buf_puts(struct buf *b, const char *s);
 int buf_putc(struct buf *b, char c);

@@ -25,6 +25,7 @@ struct db {
 	dev_t dev; /* the file this connection opened */
 	ino_t ino;
 	int in_use;
+	int writing; /* between db_begin() and its commit or rollback */
 	int nstmt;
 	struct {
 		const char *sql; /* key: address of the literal */
@@ -41,6 +42,14 @@ static struct {
 	int size;
 	char *path;
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, NULL};
+
+/* Serialises this process's write transactions (db_begin() to commit or
+ * rollback) and its RESTART checkpoints.  SQLite's write lock does that
+ * too, but its waiters poll (wait_for_lock below): with a dozen threads
+ * after the lock, each commit costs the others several sleeps and
+ * wake-ups.  Waiters here sleep until the holder is done; the busy
+ * handler is left to waits for other processes. */
+static pthread_mutex_t write_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* SQLite's own busy timeout sleeps 1, 2, 5 ... 100 ms between tries: a
  * lock held for 50 µs can cost a request 100 ms.  Retry soon instead,
@@ -151,7 +160,22 @@ void db_pool_free(void)
 }
 
 /* The checkpointer: one thread per process copying the WAL back into the
- * database every second (PASSIVE: it never blocks readers or writers). */
+ * database (PASSIVE: it never blocks readers or writers), every
+ * CKPT_IDLE_MS, or every CKPT_BUSY_MS while writes keep coming.
+ *
+ * A PASSIVE checkpoint alone never lets the WAL start over while
+ * requests keep reading: SQLite rewinds it only when a writer begins
+ * with the whole WAL copied and no reader on it, which under steady load
+ * never happens.  The WAL then grows by every commit (hundreds of MB a
+ * minute), each append zero-fills fresh file pages in the kernel, and
+ * every page lookup walks more WAL hash tables.  So once the WAL holds
+ * CKPT_RESTART_FRAMES, a RESTART checkpoint waits (through the busy
+ * handler) for the readers still on it, and the next commit writes from
+ * the start of the file again.  Writers wait for it only for the few
+ * frames the PASSIVE pass left and an fsync. */
+#define CKPT_IDLE_MS 200
+#define CKPT_BUSY_MS 50
+#define CKPT_RESTART_FRAMES 256
 static struct {
 	pthread_mutex_t lock; /* guards stop */
 	pthread_cond_t wake;
@@ -208,16 +232,36 @@ struct db *db_acquire(void)
 	return d;
 }
 
+/* One checkpoint pass; returns the milliseconds until the next one. */
+static long checkpoint_once(struct db *d)
+{
+	int frames = 0, copied = 0;
+
+	if (sqlite3_wal_checkpoint_v2(d->conn, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, &copied) !=
+	    SQLITE_OK)
+		return CKPT_IDLE_MS;
+	if (frames >= CKPT_RESTART_FRAMES) {
+		pthread_mutex_lock(&write_lock);
+		sqlite3_wal_checkpoint_v2(d->conn, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+		pthread_mutex_unlock(&write_lock);
+	}
+	/* frames > copied: commits arrived since the last pass. */
+	return frames > 0 && frames != copied ? CKPT_BUSY_MS : CKPT_IDLE_MS;
+}
+
 static void *checkpointer(void *arg)
 {
 	struct db *d = NULL;
 	struct timespec until;
+	long next_ms = CKPT_IDLE_MS;
 
 	(void)arg;
 	pthread_mutex_lock(&ckpt.lock);
 	while (!ckpt.stop) {
 		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_sec += 1;
+		until.tv_nsec += next_ms * 1000000L;
+		until.tv_sec += until.tv_nsec / 1000000000L;
+		until.tv_nsec %= 1000000000L;
 		pthread_cond_timedwait(&ckpt.wake, &ckpt.lock, &until);
 		if (ckpt.stop)
 			break;
@@ -228,8 +272,7 @@ static void *checkpointer(void *arg)
 		}
 		if (!d)
 			d = db_open(pool.path, 0);
-		if (d)
-			db_exec(d, "PRAGMA wal_checkpoint(PASSIVE)");
+		next_ms = d ? checkpoint_once(d) : CKPT_IDLE_MS;
 		pthread_mutex_lock(&ckpt.lock);
 	}
 	pthread_mutex_unlock(&ckpt.lock);
@@ -268,7 +311,7 @@ void db_release(struct db *d)
 		return;
 	/* A connection left inside a transaction by an error path would hold
 	 * the write lock for everyone; end it here. */
-	if (d->conn && !sqlite3_get_autocommit(d->conn))
+	if (d->writing || (d->conn && !sqlite3_get_autocommit(d->conn)))
 		db_rollback(d);
 	pthread_mutex_lock(&pool.lock);
 	d->in_use = 0;
@@ -334,13 +377,27 @@ static int db_run(struct db *d, const char *sql)
 int db_begin(struct db *d)
 {
 	static const char sql[] = "BEGIN IMMEDIATE";
-	return db_run(d, sql);
+
+	pthread_mutex_lock(&write_lock);
+	if (db_run(d, sql) < 0) {
+		pthread_mutex_unlock(&write_lock);
+		return -1;
+	}
+	d->writing = 1;
+	return 0;
 }
 
 int db_commit(struct db *d)
 {
 	static const char sql[] = "COMMIT";
-	return db_run(d, sql);
+
+	if (db_run(d, sql) < 0)
+		return -1; /* still writing: the caller rolls back */
+	if (d->writing) {
+		d->writing = 0;
+		pthread_mutex_unlock(&write_lock);
+	}
+	return 0;
 }
 
 void db_rollback(struct db *d)
@@ -349,6 +406,10 @@ void db_rollback(struct db *d)
 
 	if (sqlite3_exec(d->conn, "ROLLBACK", NULL, NULL, &msg) != SQLITE_OK)
 		sqlite3_free(msg);
+	if (d->writing) {
+		d->writing = 0;
+		pthread_mutex_unlock(&write_lock);
+	}
 }
 
 const char *db_errmsg(struct db *d)

@@ -5,6 +5,7 @@
  */
 #include "log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -14,30 +15,84 @@
 #include "buf.h"
 #include "config.h"
 
+/* getpid() is a system call (glibc no longer caches it), made for every
+ * line; this process's pid, reset in a forked child.  Atomic, no lock. */
+static pid_t log_pid;
+static pthread_once_t log_pid_once = PTHREAD_ONCE_INIT;
+
+static void log_pid_forget(void)
+{
+	__atomic_store_n(&log_pid, 0, __ATOMIC_RELAXED);
+}
+
+static void log_pid_setup(void)
+{
+	pthread_atfork(NULL, NULL, log_pid_forget);
+}
+
+static int log_getpid(void)
+{
+	pid_t pid = __atomic_load_n(&log_pid, __ATOMIC_RELAXED);
+
+	if (!pid) {
+		pthread_once(&log_pid_once, log_pid_setup);
+		pid = getpid();
+		__atomic_store_n(&log_pid, pid, __ATOMIC_RELAXED);
+	}
+	return (int)pid;
+}
+
+/* "time=... responder=... pid=...".  The date and time to the second are
+ * formatted once a second per thread, not for every line. */
 static void log_time(struct buf *b)
 {
+	static __thread struct {
+		time_t sec;
+		char text[64];
+	} stamp;
 	struct timespec ts;
 	struct tm tm;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	buf_printf(b, "time=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ responder=%s", tm.tm_year + 1900,
-		   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-		   ts.tv_nsec / 1000000, config.responder ? config.responder : "-");
+	if (ts.tv_sec != stamp.sec || !stamp.text[0]) {
+		gmtime_r(&ts.tv_sec, &tm);
+		snprintf(stamp.text, sizeof stamp.text, "%04d-%02d-%02dT%02d:%02d:%02d",
+			 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+			 tm.tm_sec);
+		stamp.sec = ts.tv_sec;
+	}
+	buf_printf(b, "time=%s.%03ldZ responder=%s pid=%d", stamp.text, ts.tv_nsec / 1000000,
+		   config.responder ? config.responder : "-", log_getpid());
 }
 
 /* Append ` key="value"` with quotes, backslashes and control bytes escaped. */
 static void log_quoted(struct buf *b, const char *key, const char *v)
 {
-	buf_printf(b, " %s=\"", key);
-	for (; v && *v; v++) {
-		unsigned char c = (unsigned char)*v;
-		if (c == '"' || c == '\\')
-			buf_printf(b, "\\%c", c);
-		else if (c < 0x20 || c == 0x7f)
-			buf_printf(b, "\\x%02x", c);
-		else
-			buf_putc(b, (char)c);
+	static const char hex[] = "0123456789abcdef";
+
+	buf_putc(b, ' ');
+	buf_puts(b, key);
+	buf_append(b, "=\"", 2);
+	while (v && *v) {
+		size_t clean = 0;
+		unsigned char c;
+
+		/* Plain characters go in runs, not one call each. */
+		while ((c = (unsigned char)v[clean]) != 0 && c != '"' && c != '\\' && c >= 0x20 &&
+		       c != 0x7f)
+			clean++;
+		buf_append(b, v, clean);
+		v += clean;
+		if (!c)
+			break;
+		if (c == '"' || c == '\\') {
+			char esc[2] = {'\\', (char)c};
+			buf_append(b, esc, 2);
+		} else {
+			char esc[4] = {'\\', 'x', hex[c >> 4], hex[c & 15]};
+			buf_append(b, esc, 4);
+		}
+		v++;
 	}
 	buf_putc(b, '"');
 }
@@ -57,17 +112,15 @@ void log_request(const struct log_request_fields *f)
 	struct buf b;
 
 	buf_init(&b, 8192);
+	buf_reserve(&b, 512); /* one allocation for a usual line */
 	log_time(&b);
-	buf_printf(&b, " pid=%d", (int)getpid());
 	log_quoted(&b, "method", f->method ? f->method : "-");
 	log_quoted(&b, "path", f->path ? f->path : "-");
 	buf_printf(&b, " status=%d user=%lld duration_ms=%.2f", f->status, f->user_id,
 		   f->duration_ms);
 	if (f->first_chunk_ms >= 0)
 		buf_printf(&b, " first_chunk_ms=%.2f", f->first_chunk_ms);
-	buf_printf(&b, " bytes=%llu", f->bytes);
-	if (f->note)
-		buf_printf(&b, " %s", f->note);
+	buf_printf(&b, " bytes=%llu%s%s", f->bytes, f->note ? " " : "", f->note ? f->note : "");
 	log_write(&b);
 }
 
@@ -82,7 +135,7 @@ void log_event(const char *level, const char *fmt, ...)
 	buf_vprintf(&msg, fmt, ap);
 	va_end(ap);
 	log_time(&b);
-	buf_printf(&b, " pid=%d level=%s", (int)getpid(), level);
+	buf_printf(&b, " level=%s", level);
 	log_quoted(&b, "msg", buf_str(&msg));
 	buf_free(&msg);
 	log_write(&b);

@@ -69,9 +69,13 @@ int resp_headers(struct request *r, int status, const char *content_type, long c
 	r->headers_sent = 1;
 	r->status = status;
 	buf_init(&h, 4096);
+	buf_reserve(&h, 256); /* one allocation for the usual headers */
 	buf_printf(&h, "Status: %d %s\r\n", status, reason_phrase(status));
-	if (content_type)
-		buf_printf(&h, "Content-Type: %s\r\n", content_type);
+	if (content_type) {
+		buf_puts(&h, "Content-Type: ");
+		buf_puts(&h, content_type);
+		buf_puts(&h, "\r\n");
+	}
 	if (content_length >= 0)
 		buf_printf(&h, "Content-Length: %ld\r\n", content_length);
 	buf_puts(&h, "Vary: Accept, Authorization\r\n");
