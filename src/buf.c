@@ -143,3 +143,39 @@ const char *buf_str(const struct buf *b)
 {
 	return b->data ? b->data : "";
 }
+
+int buf_json_escape(struct buf *out, const char *text, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	const char *p = text, *end = text + n, *run = text;
+
+	for (; p < end; p++) {
+		unsigned char c = (unsigned char)*p;
+		char esc[6] = {'\\', 0, '0', '0', 0, 0};
+		size_t esclen = 2;
+
+		if (c >= 0x20 && c != '"' && c != '\\')
+			continue;
+		/* Copy the plain run before this byte in one go. */
+		if (buf_append(out, run, (size_t)(p - run)) != BUF_OK)
+			return -1;
+		switch (c) {
+		case '"': esc[1] = '"'; break;
+		case '\\': esc[1] = '\\'; break;
+		case '\n': esc[1] = 'n'; break;
+		case '\r': esc[1] = 'r'; break;
+		case '\t': esc[1] = 't'; break;
+		case '\b': esc[1] = 'b'; break;
+		case '\f': esc[1] = 'f'; break;
+		default:
+			esc[1] = 'u';
+			esc[4] = hex[c >> 4];
+			esc[5] = hex[c & 15];
+			esclen = 6;
+		}
+		if (buf_append(out, esc, esclen) != BUF_OK)
+			return -1;
+		run = p + 1;
+	}
+	return buf_append(out, run, (size_t)(end - run)) == BUF_OK ? 0 : -1;
+}

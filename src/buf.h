@@ -37,6 +37,10 @@ int buf_vprintf(struct buf *b, const char *fmt, va_list ap);
 void buf_consume(struct buf *b, size_t n);
 /* Hand the contents to the caller (who frees them); b is left empty. */
 char *buf_steal(struct buf *b);
+/* Append text as the inside of a JSON string: quote, backslash and
+ * control bytes escaped, everything else (UTF-8 included) as it is, so
+ * the result never holds a raw newline.  0 or -1. */
+int buf_json_escape(struct buf *b, const char *text, size_t n);
 /* Contents as a C string; "" for a buffer that never held anything. */
 const char *buf_str(const struct buf *b);
 

@@ -10,42 +10,6 @@
 #include "response.h"
 #include "upstream.h"
 
-int sse_json_escape(struct buf *out, const char *text, size_t n)
-{
-	static const char hex[] = "0123456789abcdef";
-	const char *p = text, *end = text + n, *run = text;
-
-	for (; p < end; p++) {
-		unsigned char c = (unsigned char)*p;
-		char esc[6] = {'\\', 0, '0', '0', 0, 0};
-		size_t esclen = 2;
-
-		if (c >= 0x20 && c != '"' && c != '\\')
-			continue;
-		/* Copy the plain run before this byte in one go. */
-		if (buf_append(out, run, (size_t)(p - run)) != BUF_OK)
-			return -1;
-		switch (c) {
-		case '"': esc[1] = '"'; break;
-		case '\\': esc[1] = '\\'; break;
-		case '\n': esc[1] = 'n'; break;
-		case '\r': esc[1] = 'r'; break;
-		case '\t': esc[1] = 't'; break;
-		case '\b': esc[1] = 'b'; break;
-		case '\f': esc[1] = 'f'; break;
-		default:
-			esc[1] = 'u';
-			esc[4] = hex[c >> 4];
-			esc[5] = hex[c & 15];
-			esclen = 6;
-		}
-		if (buf_append(out, esc, esclen) != BUF_OK)
-			return -1;
-		run = p + 1;
-	}
-	return buf_append(out, run, (size_t)(end - run)) == BUF_OK ? 0 : -1;
-}
-
 int sse_start(struct request *r)
 {
 	if (resp_headers(r, 200, "text/event-stream; charset=utf-8", -1,
@@ -58,11 +22,28 @@ int sse_start(struct request *r)
 	return resp_flush(r);
 }
 
+/* Append n in decimal (buf_printf's vsnprintf costs more than the rest
+ * of a chunk's formatting). */
+static int put_decimal(struct buf *out, unsigned long long n)
+{
+	char digits[24];
+	size_t i = sizeof digits;
+
+	do
+		digits[--i] = (char)('0' + n % 10);
+	while ((n /= 10) > 0);
+	return buf_append(out, digits + i, sizeof digits - i);
+}
+
 int sse_chunk(struct buf *out, long long message_id, int seq, const char *text, size_t n)
 {
-	if (buf_printf(out, "id: %lld:%d\ndata: {\"type\": \"chunk\", \"content\": \"", message_id,
-		       seq) != BUF_OK ||
-	    sse_json_escape(out, text, n) < 0 || buf_puts(out, "\"}\n\n") != BUF_OK)
+	static const char data[] = "\ndata: {\"type\": \"chunk\", \"content\": \"";
+
+	if (buf_puts(out, "id: ") != BUF_OK || message_id < 0 || seq < 0 ||
+	    put_decimal(out, (unsigned long long)message_id) != BUF_OK ||
+	    buf_putc(out, ':') != BUF_OK || put_decimal(out, (unsigned long long)seq) != BUF_OK ||
+	    buf_append(out, data, sizeof data - 1) != BUF_OK || buf_json_escape(out, text, n) < 0 ||
+	    buf_puts(out, "\"}\n\n") != BUF_OK)
 		return -1;
 	return 0;
 }
@@ -91,7 +72,7 @@ int sse_done(struct buf *out, long long message_id, const char *conversation,
 int sse_error(struct buf *out, const char *message)
 {
 	if (buf_puts(out, "event: error\ndata: {\"type\": \"error\", \"message\": \"") != BUF_OK ||
-	    sse_json_escape(out, message, strlen(message)) < 0 ||
+	    buf_json_escape(out, message, strlen(message)) < 0 ||
 	    buf_puts(out, "\"}\n\n") != BUF_OK)
 		return -1;
 	return 0;

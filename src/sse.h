@@ -30,7 +30,4 @@ int sse_done(struct buf *out, long long message_id, const char *conversation,
 	     const struct upstream_result *res);
 int sse_error(struct buf *out, const char *message);
 
-/* Append text as the inside of a JSON string. 0 or -1. */
-int sse_json_escape(struct buf *out, const char *text, size_t n);
-
 #endif

@@ -292,35 +292,30 @@ static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off
 	return 0;
 }
 
+/* The Ollama request, written straight into out: a cJSON tree of every
+ * history message, printed and freed, cost more than the rest of a
+ * request's own work.  Same bytes as cJSON_PrintUnformatted (the same
+ * escapes, UTF-8 passed through). */
 static int build_body(struct buf *out, const struct upstream_call *call)
 {
-	cJSON *root = cJSON_CreateObject(), *msgs, *m;
-	char *text = NULL;
-	int i, rc = -1;
+	int i;
 
-	if (!root || !cJSON_AddStringToObject(root, "model", config.model) ||
-	    !(msgs = cJSON_AddArrayToObject(root, "messages")))
-		goto out;
-	for (i = 0; i < call->nmessages; i++) {
-		m = cJSON_CreateObject();
-		if (!m)
-			goto out;
-		cJSON_AddItemToArray(msgs, m);
-		if (!cJSON_AddStringToObject(m, "role", call->messages[i].role) ||
-		    !cJSON_AddStringToObject(m, "content", call->messages[i].content))
-			goto out;
-	}
-	if (!cJSON_AddTrueToObject(root, "stream"))
-		goto out;
-	text = cJSON_PrintUnformatted(root);
-	if (!text)
-		goto out;
 	buf_reset(out);
-	rc = buf_puts(out, text) == BUF_OK ? 0 : -1;
-out:
-	cJSON_free(text);
-	cJSON_Delete(root);
-	return rc;
+	if (buf_puts(out, "{\"model\":\"") != BUF_OK ||
+	    buf_json_escape(out, config.model, strlen(config.model)) < 0 ||
+	    buf_puts(out, "\",\"messages\":[") != BUF_OK)
+		return -1;
+	for (i = 0; i < call->nmessages; i++) {
+		const struct upstream_message *m = &call->messages[i];
+
+		if (buf_puts(out, i ? ",{\"role\":\"" : "{\"role\":\"") != BUF_OK ||
+		    buf_json_escape(out, m->role, strlen(m->role)) < 0 ||
+		    buf_puts(out, "\",\"content\":\"") != BUF_OK ||
+		    buf_json_escape(out, m->content, strlen(m->content)) < 0 ||
+		    buf_puts(out, "\"}") != BUF_OK)
+			return -1;
+	}
+	return buf_puts(out, "],\"stream\":true}") == BUF_OK ? 0 : -1;
 }
 
 /* The reason in a non-2xx answer: Ollama's {"error": "..."} if present. */

@@ -1,5 +1,5 @@
 /*
- * fuzz_sse — libFuzzer target for sse_json_escape(), the escaping that
+ * fuzz_sse — libFuzzer target for buf_json_escape(), the escaping that
  * keeps a model's text from breaking SSE framing.
  *
  * Invariants, for any bytes:
@@ -96,7 +96,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* The buffer sse_chunk() uses, already holding an event's start. */
 	buf_init(&out, 16u << 20);
 	FUZZ_ASSERT(buf_puts(&out, PREFIX) == BUF_OK);
-	FUZZ_ASSERT(sse_json_escape(&out, text, size) == 0);
+	FUZZ_ASSERT(buf_json_escape(&out, text, size) == 0);
 	FUZZ_ASSERT(out.len >= plen && memcmp(out.data, PREFIX, plen) == 0);
 	esclen = out.len - plen;
 	FUZZ_ASSERT(esclen >= size && esclen <= 6 * size);
@@ -127,7 +127,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * fit, never write past it. */
 	cap = size ? esclen * data[0] / 255 : 0;
 	buf_init(&small, cap);
-	rc = sse_json_escape(&small, text, size);
+	rc = buf_json_escape(&small, text, size);
 	FUZZ_ASSERT(rc == (esclen <= cap ? 0 : -1));
 	FUZZ_ASSERT(small.len <= cap);
 	if (rc == 0)

@@ -7,6 +7,7 @@
 #include "ndjson.h"
 #include "request.h"
 #include "sse.h"
+#include "upstream.h"
 
 static void test_url_decode(void)
 {
@@ -159,7 +160,7 @@ static void test_json_escape(void)
 	buf_init(&b, 1024);
 	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		buf_reset(&b);
-		CHECK(sse_json_escape(&b, cases[i].in, strlen(cases[i].in)) == 0);
+		CHECK(buf_json_escape(&b, cases[i].in, strlen(cases[i].in)) == 0);
 		CHECK_STR(buf_str(&b), cases[i].out);
 		CHECK(strchr(buf_str(&b), '\n') == NULL);
 	}
@@ -222,6 +223,36 @@ static void test_fcgi_wire(void)
 	buf_free(&b);
 	buf_init(&b, 4);
 	CHECK(fcgi_wire_stdout_begin(&b) == -1);
+	buf_free(&b);
+}
+
+static void test_sse_events(void)
+{
+	struct upstream_result res;
+	struct buf b;
+
+	buf_init(&b, 4096);
+	CHECK(sse_chunk(&b, 42, 7, "Ol\xc3\xa1\n\"x\"", 8) == 0);
+	CHECK_STR(buf_str(&b), "id: 42:7\ndata: {\"type\": \"chunk\", \"content\": "
+			       "\"Ol\xc3\xa1\\n\\\"x\\\"\"}\n\n");
+	buf_reset(&b);
+	CHECK(sse_chunk(&b, 0, 1000000, "", 0) == 0);
+	CHECK_STR(buf_str(&b), "id: 0:1000000\ndata: {\"type\": \"chunk\", \"content\": \"\"}\n\n");
+	buf_reset(&b);
+	memset(&res, 0, sizeof res);
+	res.eval_count = 5;
+	res.prompt_eval_count = res.total_duration = res.eval_duration = -1;
+	CHECK(sse_done(&b, 42, "default", &res) == 0);
+	CHECK_STR(buf_str(&b), "event: done\ndata: {\"finished\": true, \"conversation_id\": "
+			       "\"default\", \"message_id\": 42, \"eval_count\": 5}\n\n");
+	buf_reset(&b);
+	CHECK(sse_error(&b, "model \"x\" not found\n") == 0);
+	CHECK_STR(buf_str(&b), "event: error\ndata: {\"type\": \"error\", \"message\": "
+			       "\"model \\\"x\\\" not found\\n\"}\n\n");
+	/* Past the cap: -1, never a truncated event passed on as whole. */
+	buf_free(&b);
+	buf_init(&b, 16);
+	CHECK(sse_chunk(&b, 42, 7, "0123456789", 10) == -1);
 	buf_free(&b);
 }
 
@@ -300,6 +331,7 @@ int main(void)
 	test_ndjson();
 	test_json_escape();
 	test_fcgi_wire();
+	test_sse_events();
 	test_utf8();
 	test_buf();
 	test_decode_body();
