@@ -82,6 +82,30 @@ def test_open_streams_per_user_are_capped_across_processes(stack):
     held[1].close()
 
 
+@harness.stack_env(JARVAS_STREAMS_MAX="2", JARVAS_MAX_STREAMS_PER_USER="100")
+def test_a_full_stream_process_answers_503_and_takes_streams_again_once_one_ends(stack):
+    """JARVAS_STREAMS_MAX open streams per process; one more gets a plain
+    503 JSON answer with Retry-After (nothing is stored), and a place that
+    frees up is taken again."""
+    name, pw = stack.user("full")
+    access, _ = stack.login(name, pw)
+    held = [OpenStream(stack, access, f"f{i}") for i in range(2)]
+    try:
+        for s in held:
+            assert s.first.wait(20), "a held stream never produced its first chunk"
+        r = stream_status(stack, access)
+        assert r.status == 503, f"third stream: {r.status} {getattr(r, 'body', b'')!r}"
+        assert r.headers.get("retry-after", "").isdigit(), r.headers
+        assert "retry" in harness.Response(r.status, "", r.headers, r.body).json()["detail"]
+        got = stack.request("GET", "/api/chat/history/?conversation_id=default", token=access)
+        assert got.json()["messages"] == [], got.json()
+    finally:
+        held[0].close()
+    r = wait_admitted(stack, access)
+    assert r.status == 200, f"after closing one: {r.status}"
+    held[1].close()
+
+
 @harness.stack_env(JARVAS_LOGIN_FAILURES_PER_USER="3", JARVAS_LOGIN_FAILURES_PER_ADDR="1000000")
 def test_repeated_failed_logins_for_one_username_are_throttled(stack):
     name, pw = stack.user("throttle")
