@@ -561,6 +561,45 @@ def test_after_the_client_leaves_history_holds_what_it_was_sent(stack, case):
         assert msgs[1]["id"] == int(got[0]["id"].split(":")[0]), (msgs, got[0]["id"])
 
 
+def test_a_client_that_stops_reading_is_dropped_and_the_upstream_stopped(stack):
+    """A client that keeps its connection but reads nothing while the model
+    writes fast: once a bounded backlog waits for it, the relay drops it,
+    stops the upstream, stores the part it queued, and serves the next
+    stream as usual."""
+    user = account(stack, "slow")
+    c = conv()
+    mark = marker()
+    message = f"slow reader {mark} {fake(tokens=300000)}"
+    path = STREAM + query(message=message, conversation_id=c)
+    raw = harness._build_request(stack.port, "GET", path, None, None, None, user["access"],
+                                 None)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    s.settimeout(20)
+    try:
+        s.connect(("127.0.0.1", stack.port))
+        s.sendall(raw)
+        # Read nothing; wait for the fake to see its client (jarvas) leave.
+        rec = wait_for(lambda: [r for r in fake_requests_with(stack, mark) if r.get("closed_at")],
+                       30, "the upstream request being stopped")[0]
+        assert rec["client_closed"] and 0 < rec["tokens_sent"] < 300000, rec
+        lines = wait_request_finished(stack, user["user_id"], timeout=20)
+        assert "outcome=client_gone" in lines[-1], lines[-1]
+        logs = "".join(p.read_text(errors="replace")
+                       for p in (stack.state / "log").glob("chat_stream*.log"))
+        assert "the client stopped reading" in logs, "dropped for another reason"
+    finally:
+        s.close()
+    msgs = history(stack, user, c)
+    assert [m["role"] for m in msgs] == ["user", "assistant"], pairs(msgs)
+    assert msgs[0]["content"] == message
+    full = default_text(300000)
+    assert 0 < len(msgs[1]["content"]) < len(full) and full.startswith(msgs[1]["content"]), \
+        len(msgs[1]["content"])
+    c2 = conv()
+    parse_stream(stream(stack, user, "next " + fake(tokens=2), c2), c2)
+
+
 @harness.stack_env(JARVAS_WORKERS_CHAT_STREAM="2")
 def test_threads_of_streams_the_client_left_are_free_again(stack):
     """With 2 stream threads, 6 clients in a row leaving silent streams and
