@@ -607,7 +607,7 @@ static void *loop_main(void *arg)
 	(void)arg;
 	for (;;) {
 		double now = upstream_now(), wait_s = next_tick - now;
-		int n, i, timeout_ms;
+		int n, i, timeout_ms, woken = 0;
 
 		if (relay.curl_deadline >= 0 && relay.curl_deadline - now < wait_s)
 			wait_s = relay.curl_deadline - now;
@@ -621,7 +621,7 @@ static void *loop_main(void *arg)
 			uint64_t tag = ev[i].data.u64;
 
 			if (tag == WAKE_TAG) {
-				drain_queues();
+				woken = 1;
 			} else if (tag & CURL_TAG) {
 				int flags = (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
 					    (ev[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
@@ -642,6 +642,10 @@ static void *loop_main(void *arg)
 					close_stream(s);
 			}
 		}
+		/* After the batch: settling may close streams, and a closed
+		 * stream's own event may still be further down the batch. */
+		if (woken)
+			drain_queues();
 		now = upstream_now();
 		if (relay.curl_deadline >= 0 && now >= relay.curl_deadline) {
 			relay.curl_deadline = -1;
