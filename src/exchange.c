@@ -233,22 +233,12 @@ static int collect(void *ctx, const char *text, size_t n)
 {
 	struct exchange *ex = ctx;
 
-	if (ex->on_content && ex->on_content(ex->ctx, text, n) < 0)
-		return -1;
-	/* Appended after the callback accepted it: reply is what was sent. */
 	if (buf_append(&ex->reply, text, n) != BUF_OK) {
 		log_warn("reply of message %lld over %zu bytes; stopping", ex->message_id,
 			 ex->reply.max);
 		return -1;
 	}
 	return 0;
-}
-
-static int tick(void *ctx)
-{
-	struct exchange *ex = ctx;
-
-	return ex->on_tick ? ex->on_tick(ex->ctx) : 0;
 }
 
 int exchange_messages(struct exchange *ex, struct upstream_message **out, int *nout)
@@ -294,7 +284,6 @@ int exchange_run(struct exchange *ex, int total_timeout)
 	call.messages = msgs;
 	call.nmessages = n;
 	call.on_content = collect;
-	call.on_tick = tick;
 	call.ctx = ex;
 	call.idle_timeout = config.upstream_idle_timeout;
 	call.total_timeout = total_timeout;

@@ -5,8 +5,9 @@
  *   exchange_begin   authenticate, validate, load the last N messages and
  *                    the system prompt; for a stream, reserve the message
  *                    ids (a non-stream exchange does it when it stores)
- *   exchange_run     call the model; every piece of text goes to the
- *                    caller's callback and into ex->reply
+ *   exchange_run     chat: call the model and collect the reply in
+ *                    ex->reply (a stream's reply is relayed by relay.c,
+ *                    which takes the exchange after exchange_begin)
  *   exchange_store   write the user message and ex->reply together
  *   exchange_end     free everything
  *
@@ -36,11 +37,6 @@ struct exchange {
 	struct buf reply;     /* everything sent on to the client */
 	struct upstream_result result;
 	int stream_slot; /* limits slot held, or -1 */
-
-	/* The caller's callbacks, as in struct upstream_call. */
-	int (*on_content)(void *ctx, const char *text, size_t n);
-	int (*on_tick)(void *ctx);
-	void *ctx;
 };
 
 /* from_query: read message, conversation_id (and access_token) from the

@@ -4,8 +4,8 @@
  * The hot path: curl's write callback → ndjson_feed() → parse_line() →
  * call->on_content().  In a blocking call the progress callback (curl
  * calls it at least once a second, also while nothing arrives) enforces
- * the idle timeout and lets the caller notice a client that went away;
- * relay.c, which drives many transfers at once, checks idleness itself.
+ * the idle and total timeouts; relay.c, which drives many transfers at
+ * once, checks idleness itself.
  */
 #include "upstream.h"
 
@@ -275,10 +275,6 @@ static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off
 	double t = upstream_now();
 
 	(void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
-	if (c->on_tick && c->on_tick(c->ctx) < 0) {
-		s->stopped = 1;
-		return 1;
-	}
 	if (t - s->last_data > c->idle_timeout) {
 		fail_with(s, METRICS_UE_TIMEOUT, "The language model sent nothing for %d seconds.",
 			  c->idle_timeout);

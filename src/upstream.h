@@ -32,11 +32,8 @@ struct upstream_call {
 	const struct upstream_message *messages;
 	int nmessages;
 	/* A piece of the reply, exactly as the model sent it.  Return -1 to
-	 * stop (the client left). */
+	 * stop (the client left, or the reply outgrew its cap). */
 	int (*on_content)(void *ctx, const char *text, size_t n);
-	/* Called at least once a second while waiting; sends pings, notices
-	 * a client that left.  Return -1 to stop.  May be NULL. */
-	int (*on_tick)(void *ctx);
 	void *ctx;
 	int idle_timeout;  /* seconds of silence before giving up */
 	int total_timeout; /* seconds for the whole call, 0: none */
@@ -98,8 +95,8 @@ void upstream_xfer_free(struct upstream_xfer *x); /* not x->curl */
 
 /* Set x->curl up for one call: the request body, the callbacks, the
  * timeouts.  blocking: the caller runs curl_easy_perform(), and curl's
- * progress callback enforces the idle and total timeouts and calls
- * on_tick; otherwise the caller polls upstream_xfer_idle().  0 or -1
+ * progress callback enforces the idle and total timeouts; otherwise the
+ * caller polls upstream_xfer_idle().  0 or -1
  * (out of memory: res says so). */
 int upstream_xfer_prepare(struct upstream_xfer *x, const struct upstream_call *call,
 			  struct upstream_result *res, int blocking);
