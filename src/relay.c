@@ -12,9 +12,10 @@
  *
  * A stream's states, in order: STREAMING (its transfer is in the multi
  * handle), STORING (a store thread has it), CLOSING (its last bytes are
- * being written).  Only the loop thread touches a stream in STREAMING and
- * CLOSING; a store thread owns it while STORING.  Streams pass between
- * them through two queues guarded by relay.lock.
+ * being written).  The loop thread owns a stream's socket side (fd, `out`,
+ * epoll) throughout; while STORING a store thread owns its exchange and
+ * `tail`, and client_gone, which both read, is atomic.  Streams pass
+ * between the threads through the queues guarded by relay.lock.
  */
 #include "relay.h"
 
