@@ -77,7 +77,6 @@ struct stream {
 	/* The log line. */
 	char *path;
 	const char *method;
-	struct timespec started;
 	double started_s;
 	double first_chunk_ms;
 	unsigned long long bytes;
@@ -397,7 +396,7 @@ static void close_stream(struct stream *s)
 		.first_chunk_ms = s->first_chunk_ms,
 		.note = s->note,
 	};
-	double now = upstream_now();
+	double ms = (upstream_now() - s->started_s) * 1e3;
 
 	if (s->dirty)
 		flush_dirty(); /* not left behind in the list */
@@ -411,10 +410,10 @@ static void close_stream(struct stream *s)
 		s->next->prev = s->prev;
 	if (gone(s))
 		metrics_client_abort();
-	metrics_stream_duration((now - s->started_s) * 1e3);
+	metrics_stream_duration(ms);
 	metrics_active_streams(-1);
 	metrics_count_request(METRICS_EP_STREAM, 200);
-	f.duration_ms = (now - s->started_s) * 1e3;
+	f.duration_ms = ms;
 	f.bytes = s->bytes;
 	log_request(&f);
 	free_stream(s);
@@ -710,7 +709,6 @@ int relay_submit(struct request *r, struct exchange *ex)
 	s->fd = r->fcgx->ipcFd;
 	s->request_id = r->fcgx->requestId;
 	s->method = strcmp(r->method, "POST") == 0 ? "POST" : "GET";
-	s->started = r->started;
 	s->started_s = (double)r->started.tv_sec + (double)r->started.tv_nsec / 1e9;
 	s->first_chunk_ms = -1;
 	s->state = STREAMING;

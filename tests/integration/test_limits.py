@@ -49,6 +49,18 @@ def stream_status(stack, token):
     return r
 
 
+def wait_first_chunks(held):
+    for s in held:
+        assert s.first.wait(20), "a held stream never produced its first chunk"
+
+
+def assert_refused(r, status, detail_part):
+    """A plain JSON refusal with Retry-After whose detail says detail_part."""
+    assert r.status == status, f"one more stream: {r.status} {getattr(r, 'body', b'')!r}"
+    assert r.headers.get("retry-after", "").isdigit(), r.headers
+    assert detail_part in harness.Response(r.status, "", r.headers, r.body).json()["detail"]
+
+
 def wait_admitted(stack, token, seconds=10):
     deadline = time.monotonic() + seconds
     while True:
@@ -66,12 +78,8 @@ def test_open_streams_per_user_are_capped_across_processes(stack):
     other_access, _ = stack.login(other, other_pw)
     held = [OpenStream(stack, access, f"c{i}") for i in range(2)]
     try:
-        for s in held:
-            assert s.first.wait(20), "a held stream never produced its first chunk"
-        r = stream_status(stack, access)
-        assert r.status == 429, f"third stream: {r.status} {getattr(r, 'body', b'')!r}"
-        assert r.headers.get("retry-after", "").isdigit(), r.headers
-        assert "at most 2" in harness.Response(r.status, "", r.headers, r.body).json()["detail"]
+        wait_first_chunks(held)
+        assert_refused(stream_status(stack, access), 429, "at most 2")
         # Another user is not affected.
         assert stream_status(stack, other_access).status == 200
     finally:
@@ -91,12 +99,8 @@ def test_a_full_stream_process_answers_503_and_takes_streams_again_once_one_ends
     access, _ = stack.login(name, pw)
     held = [OpenStream(stack, access, f"f{i}") for i in range(2)]
     try:
-        for s in held:
-            assert s.first.wait(20), "a held stream never produced its first chunk"
-        r = stream_status(stack, access)
-        assert r.status == 503, f"third stream: {r.status} {getattr(r, 'body', b'')!r}"
-        assert r.headers.get("retry-after", "").isdigit(), r.headers
-        assert "retry" in harness.Response(r.status, "", r.headers, r.body).json()["detail"]
+        wait_first_chunks(held)
+        assert_refused(stream_status(stack, access), 503, "retry")
         got = stack.request("GET", "/api/chat/history/?conversation_id=default", token=access)
         assert got.json()["messages"] == [], got.json()
     finally:
