@@ -5,11 +5,14 @@
  */
 #include "chat.h"
 
+#include <stdio.h>
+
 #include "auth.h"
 #include "config.h"
 #include "db.h"
 #include "exchange.h"
 #include "history.h"
+#include "metrics.h"
 #include "response.h"
 
 void chat_post(struct request *r)
@@ -21,7 +24,18 @@ void chat_post(struct request *r)
 		goto out;
 	/* A restart lets this finish: it is bounded by the total timeout. */
 	if (exchange_run(&ex, config.upstream_total_timeout) < 0) {
-		resp_detail(r, ex.result.kind == METRICS_UE_TIMEOUT ? 504 : 502, ex.result.error);
+		if (ex.result.outcome == UPSTREAM_STOPPED && ex.reply_cut) {
+			resp_detail(r, 502, "The reply was too long and was stopped.");
+		} else if (ex.result.outcome == UPSTREAM_STOPPED) {
+			/* The client left: the model was stopped, nobody to answer. */
+			r->client_gone = 1;
+			r->status = 499; /* nginx's code for it, in the log */
+			snprintf(r->note, sizeof r->note, "outcome=client_gone");
+			metrics_client_abort();
+		} else {
+			resp_detail(r, ex.result.kind == METRICS_UE_TIMEOUT ? 504 : 502,
+				    ex.result.error);
+		}
 		goto out;
 	}
 	if (exchange_store(&ex, 1) < 0) {

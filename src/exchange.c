@@ -236,6 +236,7 @@ static int collect(void *ctx, const char *text, size_t n)
 	if (buf_append(&ex->reply, text, n) != BUF_OK) {
 		log_warn("reply of message %lld over %zu bytes; stopping", ex->message_id,
 			 ex->reply.max);
+		ex->reply_cut = 1;
 		return -1;
 	}
 	return 0;
@@ -287,6 +288,7 @@ int exchange_run(struct exchange *ex, int total_timeout)
 	call.ctx = ex;
 	call.idle_timeout = config.upstream_idle_timeout;
 	call.total_timeout = total_timeout;
+	call.client_fd = ex->r->fcgx->ipcFd;
 	rc = upstream_chat(ex->r->worker, &call, &ex->result);
 	free(msgs);
 	return rc;

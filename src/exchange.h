@@ -36,6 +36,7 @@ struct exchange {
 	int reserved;	      /* the ids above are set */
 	struct buf reply;     /* everything sent on to the client */
 	struct upstream_result result;
+	int reply_cut;	 /* the reply outgrew ex->reply's cap: the model was stopped */
 	int stream_slot; /* limits slot held, or -1 */
 };
 

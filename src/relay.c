@@ -21,6 +21,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -49,6 +50,7 @@
 #define STORERS 2	       /* store threads */
 #define IDLE_HANDLES 256       /* curl handles kept for reuse */
 #define EVENTS 256	       /* epoll events per wait */
+#define DRAIN_MAX (256u << 10) /* client bytes read per event, then others' turn */
 #define CURL_TAG (1ull << 63)  /* epoll data of an upstream socket */
 #define WAKE_TAG ((uint64_t)1) /* epoll data of the eventfd */
 
@@ -263,18 +265,22 @@ static int format_ping(struct buf *out, const void *arg)
 }
 
 /* nginx sent something, or closed.  It sends nothing after the request
- * but may still have the end of FCGI_STDIN in flight: read and drop. */
+ * but the rest of FCGI_STDIN may still come (a GET stream's body, or the
+ * empty record ending stdin when the parameters filled libfcgi's buffer):
+ * read and drop it.  The socket is non-blocking (relay_submit()), and one
+ * event reads at most DRAIN_MAX, so no client input can hold the loop. */
 static void on_client_event(struct stream *s, uint32_t events)
 {
-	char sink[512];
-	ssize_t n;
+	static char sink[16384]; /* loop thread only */
+	size_t drained = 0;
+	ssize_t n = 0;
 
 	if (events & EPOLLOUT && !gone(s) && flush_out(s) < 0)
 		return;
 	if (events & EPOLLIN) {
-		while ((n = read(s->fd, sink, sizeof sink)) > 0)
-			;
-		if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+		while (drained < DRAIN_MAX && (n = read(s->fd, sink, sizeof sink)) > 0)
+			drained += (size_t)n;
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
 			mark_gone(s);
 			return;
 		}
@@ -683,7 +689,7 @@ int relay_submit(struct request *r, struct exchange *ex)
 	struct upstream_message *msgs = NULL;
 	struct upstream_call call = {0};
 	struct stream *s = calloc(1, sizeof *s);
-	int n;
+	int n, flags;
 
 	if (!s)
 		return -1;
@@ -694,11 +700,16 @@ int relay_submit(struct request *r, struct exchange *ex)
 	s->path = strdup(r->path ? r->path : "-");
 	if (!s->x.curl || !s->path || exchange_messages(ex, &msgs, &n) < 0)
 		goto fail;
+	/* The loop must never block on this socket, whatever nginx sends. */
+	flags = fcntl(r->fcgx->ipcFd, F_GETFL);
+	if (flags < 0 || fcntl(r->fcgx->ipcFd, F_SETFL, flags | O_NONBLOCK) < 0)
+		goto fail;
 	call.messages = msgs;
 	call.nmessages = n;
 	call.on_content = on_content;
 	call.ctx = s;
 	call.idle_timeout = config.upstream_idle_timeout;
+	call.client_fd = -1; /* the loop watches the connection itself */
 	if (upstream_xfer_prepare(&s->x, &call, &ex->result, 0) < 0)
 		goto fail;
 	free(msgs);

@@ -402,6 +402,18 @@ int request_parse_body(struct request *r)
 	while ((got = FCGX_GetStr(chunk, sizeof chunk, r->fcgx->in)) > 0)
 		if (buf_append(&r->body, chunk, (size_t)got) != BUF_OK)
 			goto too_big;
+	/* A read error or timeout (server.c) is a peer gone mid-body: a
+	 * truncated form body would otherwise pass for a whole one. */
+	if (FCGX_GetError(r->fcgx->in) != 0) {
+		r->client_gone = 1;
+		r->status = 499;
+		snprintf(r->note, sizeof r->note, "outcome=body_unread");
+		return -1;
+	}
+	if (len_s && *len_s && strtoull(len_s, NULL, 10) != r->body.len) {
+		resp_detail(r, 400, "Request body shorter than its Content-Length.");
+		return -1;
+	}
 	status = request_decode_body(buf_str(&r->body), r->body.len,
 				     request_param(r, "CONTENT_TYPE"), &r->data, reason,
 				     sizeof reason);

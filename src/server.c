@@ -2,9 +2,14 @@
  * server — worker threads, pre-forked processes, routing and shutdown
  * (see server.h).
  *
- * Shutdown: SIGTERM (stop) or SIGHUP (reload) sets `stopping`; idle workers blocked in accept() are
- * woken with SIGUSR1 (installed without SA_RESTART, so accept() fails with
- * EINTR and libfcgi, seeing FCGX_ShutdownPending, returns -1).  Busy
+ * Accepting: a worker accepts a connection itself, in its turn, and only
+ * then lets libfcgi read the request from it (accept_connection()), so a
+ * peer that stalls mid-record holds one worker, for PEER_TIMEOUT_S at
+ * most, and never the accept path.
+ *
+ * Shutdown: SIGTERM (stop) or SIGHUP (reload) sets `stopping`; the worker
+ * blocked in accept() is woken with SIGUSR1 (installed without
+ * SA_RESTART, so accept() fails with EINTR).  Busy
  * workers finish their request first; then relay_stop() ends the open
  * streams with an error event (they notice server_stopping()).
  *
@@ -16,9 +21,12 @@
 #include "server.h"
 
 #include <errno.h>
+#include <fastcgi.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,33 +150,76 @@ static void dispatch(struct request *r)
 	resp_method_not_allowed(r, allow);
 }
 
+/* How long a FastCGI peer may take to send a request's records, or to
+ * take a response's bytes, before the worker gives up on it.  nginx sends
+ * a request's records at once and reads as it goes; only a stalled peer
+ * ever waits this long, and it holds one worker, never the accept path. */
+#define PEER_TIMEOUT_S 10
+
+/* Wait for this worker's turn, then accept one connection.  The fd, or -1
+ * when stopping.  Only accept() runs in the turn: libfcgi's own
+ * FCGX_Accept_r also reads the request's records there, so one peer that
+ * connected and stalled would stop the whole responder. */
+static int accept_connection(struct worker_slot *slot)
+{
+	struct timeval tv = {PEER_TIMEOUT_S, 0};
+	int fd = -1;
+
+	while (fd < 0) {
+		if (take_turn(slot) < 0)
+			return -1;
+		__atomic_store_n(&slot->idle, 1, __ATOMIC_SEQ_CST);
+		fd = stopping ? -1 : accept4(FCGI_LISTENSOCK_FILENO, NULL, NULL, SOCK_CLOEXEC);
+		__atomic_store_n(&slot->idle, 0, __ATOMIC_SEQ_CST);
+		pass_turn();
+		if (fd < 0 && !stopping && errno != EINTR && errno != ECONNABORTED &&
+		    errno != EAGAIN) {
+			struct timespec pause = {0, 100 * 1000 * 1000};
+
+			/* Out of descriptors or memory: let requests in flight end. */
+			log_warn("accept: %s", strerror(errno));
+			nanosleep(&pause, NULL);
+		}
+		if (stopping) {
+			if (fd >= 0)
+				close(fd);
+			return -1;
+		}
+	}
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
+		log_warn("socket timeouts: %s", strerror(errno));
+	return fd;
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker_slot *slot = arg;
 	struct worker *w = &slot->w;
 	struct request r;
 
-	if (FCGX_InitRequest(&w->fcgx, 0, 0) != 0) {
+	/* No listening socket of its own: accept_connection() hands each
+	 * connection in, so libfcgi never accepts (or waits) by itself. */
+	if (FCGX_InitRequest(&w->fcgx, -1, 0) != 0) {
 		log_error("FCGX_InitRequest failed");
 		goto out;
 	}
-	for (;;) {
-		int rc;
-
-		if (take_turn(slot) < 0)
+	while (!stopping) {
+		/* A connection nginx asked to keep open carries the next request. */
+		if (w->fcgx.ipcFd < 0 && (w->fcgx.ipcFd = accept_connection(slot)) < 0)
 			break;
-		__atomic_store_n(&slot->idle, 1, __ATOMIC_SEQ_CST);
-		rc = stopping ? -1 : FCGX_Accept_r(&w->fcgx);
-		__atomic_store_n(&slot->idle, 0, __ATOMIC_SEQ_CST);
-		pass_turn();
-		if (rc < 0)
-			break;
+		/* Not closed by the finish step FCGX_Accept_r starts with. */
+		w->fcgx.keepConnection = 1;
+		/* Reads the records; on a protocol error or a peer that stalls
+		 * past PEER_TIMEOUT_S it closes the connection and fails. */
+		if (FCGX_Accept_r(&w->fcgx) < 0)
+			continue;
 		request_begin(&r, &w->fcgx, w);
 		dispatch(&r);
 		request_end(&r);
 		FCGX_Finish_r(&w->fcgx);
 	}
-	FCGX_Free(&w->fcgx, 0);
+	FCGX_Free(&w->fcgx, 1);
 out:
 	upstream_free(w->upstream);
 	w->upstream = NULL;

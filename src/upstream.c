@@ -11,6 +11,7 @@
 
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -267,6 +268,16 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ctx)
 	return rc == 0 ? n : 0;
 }
 
+/* Has nginx closed this FastCGI connection?  It does when the client
+ * leaves (it sends no abort record), and sends nothing else once the
+ * request is in, so a hang-up is the only thing to look for. */
+static int peer_closed(int fd)
+{
+	struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+
+	return fd >= 0 && poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
 		       curl_off_t ulnow)
 {
@@ -275,6 +286,10 @@ static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off
 	double t = upstream_now();
 
 	(void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+	if (peer_closed(c->client_fd)) {
+		s->stopped = 1; /* nobody is waiting for the answer any more */
+		return 1;
+	}
 	if (t - s->last_data > c->idle_timeout) {
 		fail_with(s, METRICS_UE_TIMEOUT, "The language model sent nothing for %d seconds.",
 			  c->idle_timeout);

@@ -37,6 +37,9 @@ struct upstream_call {
 	void *ctx;
 	int idle_timeout;  /* seconds of silence before giving up */
 	int total_timeout; /* seconds for the whole call, 0: none */
+	/* Blocking calls: the FastCGI connection of the request, watched so
+	 * that a client who leaves stops the model (-1: none). */
+	int client_fd;
 };
 
 enum upstream_outcome {
