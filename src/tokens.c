@@ -2,13 +2,16 @@
  * tokens — login and token endpoints, SimpleJWT-compatible (see tokens.h).
  *
  * The slow password check runs without a database connection held, and
- * an unknown username costs the same hash as a wrong password.
+ * an unknown username costs the same hash as a wrong password.  Verify
+ * checks signature, type and expiry only, as SimpleJWT's does: it grants
+ * nothing, and every endpoint that does checks the user (auth.c).
  */
 #include "tokens.h"
 
 #include <string.h>
 #include <time.h>
 
+#include "auth.h"
 #include "config.h"
 #include "db.h"
 #include "jwt.h"
@@ -63,8 +66,9 @@ static int require_fields(struct request *r, const char *const *names, const cha
 	return 0;
 }
 
-/* Answer {"refresh": ..., "access": ...} or just {"access": ...}. */
-static void send_tokens(struct request *r, long long user_id, int with_refresh)
+/* Answer {"refresh": ..., "access": ...} or just {"access": ...}, both
+ * carrying the hash_password claim. */
+static void send_tokens(struct request *r, long long user_id, const char *claim, int with_refresh)
 {
 	struct buf access, refresh;
 	cJSON *o = cJSON_CreateObject();
@@ -73,10 +77,11 @@ static void send_tokens(struct request *r, long long user_id, int with_refresh)
 	buf_init(&access, JWT_MAX_LEN);
 	buf_init(&refresh, JWT_MAX_LEN);
 	if (!o ||
-	    jwt_sign(&access, JWT_ACCESS, user_id, now, config.access_lifetime, config.secret,
-		     config.secret_len) < 0 ||
-	    (with_refresh && jwt_sign(&refresh, JWT_REFRESH, user_id, now, config.refresh_lifetime,
-				      config.secret, config.secret_len) < 0) ||
+	    jwt_sign(&access, JWT_ACCESS, user_id, claim, now, config.access_lifetime,
+		     config.secret, config.secret_len) < 0 ||
+	    (with_refresh &&
+	     jwt_sign(&refresh, JWT_REFRESH, user_id, claim, now, config.refresh_lifetime,
+		      config.secret, config.secret_len) < 0) ||
 	    (with_refresh && !cJSON_AddStringToObject(o, "refresh", buf_str(&refresh))) ||
 	    !cJSON_AddStringToObject(o, "access", buf_str(&access))) {
 		cJSON_Delete(o);
@@ -107,6 +112,7 @@ void tokens_obtain(struct request *r)
 	static const char *const names[] = {"username", "password"};
 	const char *values[2] = {NULL, NULL};
 	const char *addr = request_param(r, "REMOTE_ADDR");
+	char claim[JWT_CLAIM_HASH_LEN + 1] = "";
 	struct user u;
 	struct db *d;
 	long wait;
@@ -132,7 +138,8 @@ void tokens_obtain(struct request *r)
 		return;
 	}
 	/* Hash even for an unknown user, so timing does not tell. */
-	ok = password_check(found ? u.password_hash : NULL, values[1]) && found && u.active;
+	ok = password_check(found ? u.password_hash : NULL, values[1]) && found && u.active &&
+	     users_password_claim(u.password_hash, claim) == 0;
 	if (found)
 		users_clear(&u);
 	/* Bookkeeping failures are logged, not shown: the answer stands. */
@@ -146,7 +153,7 @@ void tokens_obtain(struct request *r)
 		return;
 	}
 	r->user_id = u.id;
-	send_tokens(r, u.id, 1);
+	send_tokens(r, u.id, claim, 1);
 }
 
 void tokens_refresh(struct request *r)
@@ -156,7 +163,7 @@ void tokens_refresh(struct request *r)
 	struct jwt_claims claims;
 	struct user u;
 	struct db *d;
-	int found;
+	int found, ok;
 
 	if (request_parse_body(r) < 0 || require_fields(r, names, &value, 1) < 0)
 		return;
@@ -183,9 +190,16 @@ void tokens_refresh(struct request *r)
 				 "no_active_account");
 		return;
 	}
+	/* SimpleJWT's TokenRefreshSerializer with CHECK_REVOKE_TOKEN; the new
+	 * access token copies the (matching) claim. */
+	ok = auth_claim_matches(&claims, &u);
 	users_clear(&u);
+	if (!ok) {
+		resp_detail_code(r, 401, auth_password_changed, "password_changed");
+		return;
+	}
 	r->user_id = claims.user_id;
-	send_tokens(r, claims.user_id, 0);
+	send_tokens(r, claims.user_id, claims.hash_password, 0);
 }
 
 void tokens_verify(struct request *r)
