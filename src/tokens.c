@@ -35,14 +35,10 @@ static int require_fields(struct request *r, const char *const *names, const cha
 		return -1;
 	}
 	for (i = 0; i < n; i++) {
-		const char *msg = NULL;
 		int rc = request_field(r, names[i], &values[i]);
+		const char *msg = request_field_problem(rc);
 
-		if (rc == 0)
-			msg = "This field is required.";
-		else if (rc < 0)
-			msg = "Not a valid string.";
-		else if (values[i][0] == '\0')
+		if (!msg && values[i][0] == '\0')
 			msg = "This field may not be blank.";
 		if (msg) {
 			cJSON *list = cJSON_AddArrayToObject(errors, names[i]);
