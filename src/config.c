@@ -175,6 +175,9 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 		    1000000);
 	INT_SETTING(config.login_failures_per_addr, "JARVAS_LOGIN_FAILURES_PER_ADDR", 50, 1,
 		    1000000);
+	/* Ten addresses' worth of the per-address-and-username limit. */
+	INT_SETTING(config.login_username_ceiling, "JARVAS_LOGIN_USERNAME_CEILING",
+		    10L * config.login_failures_per_user, 1, 10000000);
 	INT_SETTING(config.login_window, "JARVAS_LOGIN_WINDOW", 900, 1, 86400);
 	INT_SETTING(config.dev_upstream, "JARVAS_DEV_UPSTREAM", 0, 0, 1);
 #undef INT_SETTING

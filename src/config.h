@@ -37,10 +37,11 @@ struct config {
 	int prompt_cache_ttl;	      /* seconds */
 	int max_streams_per_user;
 	int hash_concurrency;	     /* concurrent password hashes */
-	int login_failures_per_user; /* failed logins before 429 ... */
-	int login_failures_per_addr;
-	int login_window; /* ... within this many seconds */
-	int dev_upstream; /* upstream is tests/fake_ollama */
+	int login_failures_per_user; /* attempts per address and username ... */
+	int login_failures_per_addr; /* ... per address ... */
+	int login_username_ceiling;  /* ... per username (see throttle.h) ... */
+	int login_window;	     /* ... within this many seconds */
+	int dev_upstream;	     /* upstream is tests/fake_ollama */
 };
 
 extern struct config config;

@@ -1,11 +1,12 @@
 /*
  * ops — health and metrics endpoints (see ops.h).  Health runs a real
- * query and a real upstream request, each with a short bound, so it never
- * takes more than a few seconds.
+ * query, a real write and a real upstream request, each with a short
+ * bound, so it never takes more than a few seconds.
  */
 #include "ops.h"
 
 #include <stdio.h>
+#include <time.h>
 
 #include "config.h"
 #include "db.h"
@@ -14,6 +15,32 @@
 #include "upstream.h"
 
 #define HEALTH_UPSTREAM_TIMEOUT_MS 2000
+
+/* A real write: the probe row rewritten and committed.  A read-only or
+ * full database still answers reads but cannot record a login attempt,
+ * and health must say so. */
+static int database_writable(struct db *d, char *err, size_t errlen)
+{
+	static const char sql[] = "UPDATE health_probe SET checked_at = ?1 WHERE id = 1";
+	sqlite3_stmt *st;
+	int rc = SQLITE_ERROR;
+
+	if (db_begin(d) < 0)
+		goto fail;
+	st = db_stmt(d, sql);
+	if (st) {
+		sqlite3_bind_int64(st, 1, (sqlite3_int64)time(NULL));
+		rc = sqlite3_step(st);
+		sqlite3_reset(st);
+	}
+	if (rc != SQLITE_DONE || sqlite3_changes(db_handle(d)) != 1 || db_commit(d) < 0)
+		goto fail;
+	return 0;
+fail:
+	snprintf(err, errlen, "cannot write: %s", db_errmsg(d));
+	db_rollback(d);
+	return -1;
+}
 
 /* A fresh connection, not a pooled one: a pooled connection keeps working
  * on a file that was deleted or replaced, and health must see the file as
@@ -35,6 +62,8 @@ static int database_ok(char *err, size_t errlen)
 		snprintf(err, errlen, "%s", db_errmsg(d));
 	if (st)
 		sqlite3_reset(st);
+	if (rc == SQLITE_ROW && database_writable(d, err, errlen) < 0)
+		rc = SQLITE_READONLY;
 	db_close(d);
 	return rc == SQLITE_ROW ? 0 : -1;
 }

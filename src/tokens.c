@@ -8,6 +8,7 @@
  */
 #include "tokens.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -121,16 +122,25 @@ void tokens_obtain(struct request *r)
 		resp_detail(r, 503, "Database unavailable.");
 		return;
 	}
-	wait = throttle_check(d, values[0], addr);
+	/* Counted before the hash, so parallel guesses cannot overshoot; an
+	 * attempt that cannot be counted is not made (fail closed). */
+	wait = throttle_attempt(d, values[0], addr);
 	found = wait == 0 && strlen(values[0]) <= USERNAME_MAX ? users_by_name(d, values[0], &u)
 							       : 0;
 	db_release(d);
-	if (wait < 0 || found < 0) {
-		resp_detail(r, 503, "Database unavailable.");
+	if (wait < 0) {
+		snprintf(r->note, sizeof r->note, "login=unrecorded");
+		resp_detail(r, 503,
+			    "Login is unavailable: the attempt cannot be recorded (the database is "
+			    "read-only or full). Try again later.");
 		return;
 	}
 	if (wait > 0) {
 		throttled(r, wait);
+		return;
+	}
+	if (found < 0) {
+		resp_detail(r, 503, "Database unavailable.");
 		return;
 	}
 	/* Hash even for an unknown user, so timing does not tell. */
@@ -138,16 +148,17 @@ void tokens_obtain(struct request *r)
 	     users_password_claim(u.password_hash, claim) == 0;
 	if (found)
 		users_clear(&u);
-	/* Bookkeeping failures are logged, not shown: the answer stands. */
-	d = db_acquire();
-	if (!d || (ok ? throttle_succeeded(d, values[0]) : throttle_failed(d, values[0], addr)) < 0)
-		log_warn("login throttling bookkeeping failed: %s", db_errmsg(d));
-	db_release(d);
 	if (!ok) {
 		snprintf(r->note, sizeof r->note, "login=failed");
 		resp_detail(r, 401, "No active account found with the given credentials");
 		return;
 	}
+	/* The attempt stays counted as a failure if this fails: logged, and
+	 * the login stands. */
+	d = db_acquire();
+	if (!d || throttle_succeeded(d, values[0], addr) < 0)
+		log_warn("login throttling: clearing a success failed: %s", db_errmsg(d));
+	db_release(d);
 	r->user_id = u.id;
 	send_tokens(r, u.id, claim, 1);
 }
