@@ -70,17 +70,26 @@ static int database_ok(char *err, size_t errlen)
 
 void ops_health(struct request *r)
 {
-	char db_err[256], up_err[256];
+	char db_err[256], up_err[256], key_note[1024];
 	int db_ok = database_ok(db_err, sizeof db_err) == 0;
 	int up_ok = upstream_health(HEALTH_UPSTREAM_TIMEOUT_MS, up_err, sizeof up_err) == 0;
+	int key_ok = config_secret_check(key_note, sizeof key_note) == 0;
 	cJSON *o = cJSON_CreateObject();
 	struct buf msg;
 
+	/* A key problem does not stop serving: "degraded", still 200, so a
+	 * load balancer keeps sending traffic; the operator must act before
+	 * the next stop. */
 	buf_init(&msg, 1024);
 	if (!db_ok)
 		buf_printf(&msg, "error: %s", db_err);
-	if (!o || !cJSON_AddStringToObject(o, "status", db_ok && up_ok ? "ok" : "error") ||
-	    !cJSON_AddStringToObject(o, "database", db_ok ? "ok" : buf_str(&msg))) {
+	if (!o ||
+	    !cJSON_AddStringToObject(o, "status",
+				     !(db_ok && up_ok) ? "error"
+				     : key_ok	       ? "ok"
+						       : "degraded") ||
+	    !cJSON_AddStringToObject(o, "database", db_ok ? "ok" : buf_str(&msg)) ||
+	    !cJSON_AddStringToObject(o, "secret_key", key_ok ? "ok" : key_note)) {
 		cJSON_Delete(o);
 		buf_free(&msg);
 		resp_json(r, 500, NULL);

@@ -371,7 +371,7 @@ def test_token_lifetimes_are_configurable(stack):
     check_jwt(stack, f["refresh"], "refresh", 120, f["user_id"])
 
 
-@harness.stack_env(JARVAS_SECRET_KEY="a key given in the environment")
+@harness.stack_env(JARVAS_SECRET_KEY="a key given in the environment, 32+ bytes")
 def test_secret_key_from_the_environment_is_used_verbatim(stack):
     f = fixture(stack)
     check_jwt(stack, f["access"], "access", ACCESS_LIFETIME, f["user_id"])
