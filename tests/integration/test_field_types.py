@@ -52,25 +52,17 @@ CHAT_CASES = [
 ]
 
 
-def account(stack):
-    a = getattr(stack, "_field_types_account", None)
-    if a is None:
-        name, pw = stack.user("fields")
-        access, _ = stack.login(name, pw)
-        (uid,) = stack.sqlite("SELECT id FROM users WHERE username = ?", (name,))[0]
-        a = stack._field_types_account = dict(access=access, id=uid)
-    return a
-
-
 @harness.cases(CHAT_CASES)
 def test_chat_fields_that_are_not_strings_are_400_and_store_nothing(stack, case):
     _, path, body, want = case
-    a = account(stack)
+    name, pw = stack.user("fields")
+    access, _ = stack.login(name, pw)
     asked = len(stack.fake_requests())
-    r = stack.request("POST", path, json=body, token=a["access"])
+    r = stack.request("POST", path, json=body, token=access)
     assert r.status == 400, r
     assert r.json() == want, r
-    assert stack.sqlite("SELECT count(*) FROM messages WHERE user_id = ?", (a["id"],)) == [(0,)]
+    assert stack.sqlite("SELECT count(*) FROM messages JOIN users ON users.id = user_id "
+                        "WHERE username = ?", (name,)) == [(0,)]
     assert len(stack.fake_requests()) == asked, "the model was asked anyway"
 
 
