@@ -10,7 +10,7 @@ CC      ?= cc
 CFLAGS  ?= -O2 -g
 # Always on, whatever CFLAGS a caller passes (make asan passes its own).
 override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -MMD -MP -Isrc
-LDLIBS  := -lfcgi -lcurl -lcjson -lsqlite3 -lsodium -lpthread
+LDLIBS  := -lfcgi -lcurl -lcjson -lsqlite3 -lsodium -lcrypto -lpthread
 
 RESPONDERS := token chat chat_stream
 PROGRAMS   := $(addprefix $(BIN)/,$(RESPONDERS) jarvas-admin)
@@ -21,7 +21,7 @@ UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/t
 
 # Debian packages: to build, to run, and what the tests add.
 PKGS_BUILD := gcc make libc6-dev libfcgi-dev libcurl4-openssl-dev libcjson-dev \
-              libsqlite3-dev libsodium-dev
+              libsqlite3-dev libsodium-dev libssl-dev
 PKGS_RUN   := spawn-fcgi nginx-light sqlite3 curl ca-certificates
 PKGS_TEST  := python3 valgrind prometheus clang libclang-rt-14-dev
 

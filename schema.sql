@@ -57,3 +57,38 @@ CREATE TABLE login_failures (
     failures     INTEGER NOT NULL,
     window_start INTEGER NOT NULL              -- unix seconds
 );
+
+-- migrate: 3
+-- users.id with AUTOINCREMENT: an id once handed out is never handed out
+-- again, even after its user is deleted, so a deleted user's tokens can
+-- never name somebody else.  Rebuilt in place as SQLite documents it
+-- (lang_altertable.html, "Making Other Kinds Of Table Schema Changes"):
+-- db_migrate() runs this block with foreign keys off, so dropping the old
+-- table does not cascade to messages, and checks them before it commits.
+-- Every row keeps its id; the sequence starts after the largest.  (Ids of
+-- users deleted before this migration cannot be known; their tokens carry
+-- no hash_password claim and are refused for that, see jwt.h.)
+CREATE TABLE users_new (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    username      TEXT    NOT NULL UNIQUE,
+    password_hash TEXT    NOT NULL,              -- libsodium crypto_pwhash_str (argon2id)
+    is_active     INTEGER NOT NULL DEFAULT 1,
+    context       TEXT    NOT NULL DEFAULT '',   -- the user's part of the system prompt
+    created_at    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+INSERT INTO users_new (id, username, password_hash, is_active, context, created_at)
+    SELECT id, username, password_hash, is_active, context, created_at FROM users;
+DROP TABLE users;
+ALTER TABLE users_new RENAME TO users;
+
+-- One row that /api/health/ rewrites: proof that the database still takes
+-- writes (a read-only or full database answers reads but not logins).
+CREATE TABLE health_probe (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at INTEGER NOT NULL                  -- unix seconds of the last probe
+);
+INSERT INTO health_probe (id, checked_at) VALUES (1, 0);
+
+-- login_failures keys from here on (src/throttle.h): "pair:<addr>|<name>"
+-- per address and username, "addr:<addr>", and "user:<name>" for the
+-- per-username ceiling; a part over 150 bytes is its SHA-256, "#<hex>".

@@ -12,6 +12,17 @@
 #include "response.h"
 
 static const char not_valid[] = "Given token not valid for any token type";
+const char auth_password_changed[] = "The user's password has been changed.";
+
+int auth_claim_matches(const struct jwt_claims *claims, const struct user *u)
+{
+	char want[JWT_CLAIM_HASH_LEN + 1];
+
+	if (users_password_claim(u->password_hash, want) < 0 ||
+	    strlen(claims->hash_password) != JWT_CLAIM_HASH_LEN)
+		return 0;
+	return sodium_memcmp(want, claims->hash_password, JWT_CLAIM_HASH_LEN) == 0;
+}
 
 /* The last token this thread verified, and its claims.  A client sends
  * the same access token with every request for minutes, and verifying
@@ -127,6 +138,13 @@ int auth_require(struct request *r, int allow_query, struct user *u)
 	if (!u->active) {
 		users_clear(u);
 		resp_detail_code(r, 401, "User is inactive", "user_inactive");
+		goto fail;
+	}
+	/* Against the hash stored now, on every request: the verified-token
+	 * cache above remembers the claim, never the verdict. */
+	if (!auth_claim_matches(&claims, u)) {
+		users_clear(u);
+		resp_detail_code(r, 401, auth_password_changed, "password_changed");
 		goto fail;
 	}
 	r->user_id = u->id;

@@ -6,13 +6,21 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "buf.h"
+#include "log.h"
+
+#define SECRET_FD_ENV "JARVAS_SECRET_FD"
 
 struct config config;
 
@@ -58,34 +66,184 @@ static char *join_path(const char *dir, const char *name)
 }
 
 /* The key file holds 64 hex characters; the key is those characters
- * themselves, so every tool (and the tests) can use it as written. */
-static int read_secret(char *err, size_t errlen)
+ * themselves, so every tool (and the tests) can use it as written.
+ * *key is malloc'd (caller frees); 0, or -1 with the reason in err. */
+static int read_key_file(unsigned char **key, size_t *len, char *err, size_t errlen)
 {
 	FILE *f = fopen(config.secret_path, "r");
 	char line[256];
 	size_t n;
 
 	if (!f) {
-		snprintf(err, errlen, "cannot read %s (run jarvas-admin init): %s",
-			 config.secret_path, strerror(errno));
+		snprintf(err, errlen, "cannot read %s: %s", config.secret_path, strerror(errno));
 		return -1;
 	}
 	if (!fgets(line, sizeof line, f))
 		line[0] = '\0';
 	fclose(f);
 	n = strcspn(line, "\r\n");
-	if (n < 32) {
-		snprintf(err, errlen, "%s: key too short", config.secret_path);
+	if (n < CONFIG_SECRET_MIN) {
+		snprintf(err, errlen, "%s: key too short (at least %d characters)",
+			 config.secret_path, CONFIG_SECRET_MIN);
+		sodium_memzero(line, sizeof line);
 		return -1;
 	}
-	config.secret = malloc(n);
-	if (!config.secret) {
+	*key = malloc(n);
+	if (!*key) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
-	memcpy(config.secret, line, n);
-	config.secret_len = n;
+	memcpy(*key, line, n);
+	*len = n;
+	sodium_memzero(line, sizeof line);
 	return 0;
+}
+
+/* The key a reloading image handed over (config_secret_handover()): a
+ * sealed memfd whose number is in JARVAS_SECRET_FD.  Read, then closed
+ * and the variable removed whatever it held, so neither outlives startup.
+ * 1 with *key set (malloc'd), 0 when there is none usable. */
+static int take_handover(unsigned char **key, size_t *len)
+{
+	const char *v = getenv(SECRET_FD_ENV);
+	char *end;
+	long fd;
+	struct stat st;
+	int seals, rc = 0;
+
+	if (!v)
+		return 0;
+	errno = 0;
+	fd = strtol(v, &end, 10);
+	unsetenv(SECRET_FD_ENV);
+	if (errno || end == v || *end || fd < 3 || fd > 0x7fffffffL)
+		return 0;
+	/* Only a sealed memfd is ours: never read a key from a stray fd. */
+	seals = fcntl((int)fd, F_GET_SEALS);
+	if (seals < 0 || !(seals & F_SEAL_WRITE) || fstat((int)fd, &st) < 0 ||
+	    st.st_size < CONFIG_SECRET_MIN || st.st_size > 4096)
+		goto out;
+	*key = malloc((size_t)st.st_size);
+	if (*key && pread((int)fd, *key, (size_t)st.st_size, 0) == st.st_size) {
+		*len = (size_t)st.st_size;
+		rc = 1;
+	} else {
+		free(*key);
+		*key = NULL;
+	}
+out:
+	if (seals >= 0)
+		close((int)fd);
+	return rc;
+}
+
+/* The key, in order: JARVAS_SECRET_KEY, the key file, the key handed
+ * over by the image before a reload (the file was removed meanwhile:
+ * loudly, every reload, and in /api/health/). */
+static int load_secret(int need_secret, char *err, size_t errlen)
+{
+	const char *env = getenv("JARVAS_SECRET_KEY");
+	unsigned char *handed = NULL;
+	size_t handed_len = 0;
+	char why[512];
+	int have_handed = take_handover(&handed, &handed_len);
+
+	if (env && *env) {
+		free(handed);
+		if (strlen(env) < CONFIG_SECRET_MIN) {
+			snprintf(err, errlen,
+				 "JARVAS_SECRET_KEY: too short (%zu bytes, at least %d)",
+				 strlen(env), CONFIG_SECRET_MIN);
+			return -1;
+		}
+		config.secret_len = strlen(env);
+		config.secret = malloc(config.secret_len);
+		if (!config.secret) {
+			snprintf(err, errlen, "out of memory");
+			return -1;
+		}
+		memcpy(config.secret, env, config.secret_len);
+		config.secret_origin = CONFIG_SECRET_ENV;
+		return 0;
+	}
+	if (!need_secret) {
+		free(handed);
+		return 0;
+	}
+	if (read_key_file(&config.secret, &config.secret_len, why, sizeof why) == 0) {
+		if (have_handed) {
+			sodium_memzero(handed, handed_len);
+			free(handed);
+		}
+		config.secret_origin = CONFIG_SECRET_FILE;
+		return 0;
+	}
+	if (!have_handed) {
+		snprintf(err, errlen, "%s (run jarvas-admin init)", why);
+		return -1;
+	}
+	config.secret = handed;
+	config.secret_len = handed_len;
+	config.secret_origin = CONFIG_SECRET_MEMORY;
+	log_error("SECRET KEY FILE MISSING: %s; serving with the key the previous image handed "
+		  "over in memory. Restore the file, or make a new key on purpose with "
+		  "`jarvasctl new-key` (every token then becomes invalid); a stop or crash "
+		  "without the file loses the key.",
+		  why);
+	return 0;
+}
+
+int config_secret_handover(void)
+{
+	char num[16];
+	int fd;
+
+	if (config.secret_origin == CONFIG_SECRET_ENV || !config.secret)
+		return 0; /* the environment survives exec by itself */
+	/* Not close-on-exec: it must reach the new image; the fd number
+	 * travels in the environment, the key never does. */
+	fd = memfd_create("jarvas-secret", MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -1;
+	if (write(fd, config.secret, config.secret_len) != (ssize_t)config.secret_len ||
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+		close(fd);
+		return -1;
+	}
+	snprintf(num, sizeof num, "%d", fd);
+	if (setenv(SECRET_FD_ENV, num, 1) < 0) {
+		close(fd);
+		return -1;
+	}
+	return 0;
+}
+
+int config_secret_check(char *msg, size_t msglen)
+{
+	unsigned char *key = NULL;
+	size_t len = 0;
+	char why[512];
+	int rc = 0;
+
+	if (config.secret_origin == CONFIG_SECRET_ENV)
+		return 0;
+	if (read_key_file(&key, &len, why, sizeof why) < 0) {
+		snprintf(msg, msglen,
+			 "missing: %s; serving with the key kept in memory across reloads. Restore "
+			 "the file, or run `jarvasctl new-key` (every token then becomes invalid)",
+			 why);
+		return 1;
+	}
+	if (len != config.secret_len || sodium_memcmp(key, config.secret, len) != 0) {
+		snprintf(msg, msglen,
+			 "changed: %s holds another key than the one in use; `jarvasctl restart` "
+			 "switches to it (every token then becomes invalid)",
+			 config.secret_path);
+		rc = 1;
+	}
+	sodium_memzero(key, len);
+	free(key);
+	return rc;
 }
 
 /* Per-responder thread count: JARVAS_WORKERS_<NAME>, upper-cased. */
@@ -122,7 +280,7 @@ static long streams_default(int workers)
 
 int config_load(const char *responder, int need_secret, char *err, size_t errlen)
 {
-	const char *secret_env, *state, *url, *prompt;
+	const char *state, *url, *prompt;
 	long n, workers_default;
 	size_t ulen;
 
@@ -175,6 +333,9 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 		    1000000);
 	INT_SETTING(config.login_failures_per_addr, "JARVAS_LOGIN_FAILURES_PER_ADDR", 50, 1,
 		    1000000);
+	/* Ten addresses' worth of the per-address-and-username limit. */
+	INT_SETTING(config.login_username_ceiling, "JARVAS_LOGIN_USERNAME_CEILING",
+		    10L * config.login_failures_per_user, 1, 10000000);
 	INT_SETTING(config.login_window, "JARVAS_LOGIN_WINDOW", 900, 1, 86400);
 	INT_SETTING(config.dev_upstream, "JARVAS_DEV_UPSTREAM", 0, 0, 1);
 #undef INT_SETTING
@@ -192,19 +353,7 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 		return -1;
 	config.streams_max = (int)n;
 
-	secret_env = getenv("JARVAS_SECRET_KEY");
-	if (secret_env && *secret_env) {
-		config.secret_len = strlen(secret_env);
-		config.secret = malloc(config.secret_len);
-		if (!config.secret) {
-			snprintf(err, errlen, "out of memory");
-			return -1;
-		}
-		memcpy(config.secret, secret_env, config.secret_len);
-	} else if (need_secret && read_secret(err, errlen) < 0) {
-		return -1;
-	}
-	return 0;
+	return load_secret(need_secret, err, errlen);
 }
 
 void config_free(void)
@@ -217,7 +366,7 @@ void config_free(void)
 	free(config.model);
 	free(config.system_prompt_file);
 	if (config.secret)
-		memset(config.secret, 0, config.secret_len);
+		sodium_memzero(config.secret, config.secret_len);
 	free(config.secret);
 	memset(&config, 0, sizeof config);
 }

@@ -10,6 +10,15 @@
 
 #include <stddef.h>
 
+#define CONFIG_SECRET_MIN 32 /* bytes of key, from the file or the environment */
+
+enum config_secret_origin {
+	CONFIG_SECRET_NONE,
+	CONFIG_SECRET_ENV,    /* JARVAS_SECRET_KEY */
+	CONFIG_SECRET_FILE,   /* state_dir/secret.key */
+	CONFIG_SECRET_MEMORY, /* handed over across a reload; the file is gone */
+};
+
 struct config {
 	const char *responder; /* "token", "chat", "chat_stream", "admin" */
 	char *state_dir;
@@ -21,6 +30,7 @@ struct config {
 	char *system_prompt_file; /* NULL: built-in prompt */
 	unsigned char *secret;	  /* JWT HMAC key */
 	size_t secret_len;
+	enum config_secret_origin secret_origin;
 	int history_limit;
 	long access_lifetime; /* seconds */
 	long refresh_lifetime;
@@ -37,10 +47,11 @@ struct config {
 	int prompt_cache_ttl;	      /* seconds */
 	int max_streams_per_user;
 	int hash_concurrency;	     /* concurrent password hashes */
-	int login_failures_per_user; /* failed logins before 429 ... */
-	int login_failures_per_addr;
-	int login_window; /* ... within this many seconds */
-	int dev_upstream; /* upstream is tests/fake_ollama */
+	int login_failures_per_user; /* attempts per address and username ... */
+	int login_failures_per_addr; /* ... per address ... */
+	int login_username_ceiling;  /* ... per username (see throttle.h) ... */
+	int login_window;	     /* ... within this many seconds */
+	int dev_upstream;	     /* upstream is tests/fake_ollama */
 };
 
 extern struct config config;
@@ -49,5 +60,16 @@ extern struct config config;
  * key.  Returns 0, or -1 with a reason in err. */
 int config_load(const char *responder, int need_secret, char *err, size_t errlen);
 void config_free(void);
+
+/* Before a reload's execv: hand the key to the new image in a sealed
+ * memfd (not close-on-exec) named by JARVAS_SECRET_FD, so that a
+ * removed secret.key does not stop the reload; the new image's
+ * config_load() takes it only when the file cannot be read.  0 or -1. */
+int config_secret_handover(void);
+
+/* The key file as it is on disk now against the key in use: 0 fine
+ * (or the key is from the environment), 1 missing or changed, with what
+ * to do in msg (for /api/health/). */
+int config_secret_check(char *msg, size_t msglen);
 
 #endif

@@ -438,6 +438,54 @@ static const char *next_migration(const char *p, int *version)
 	return NULL;
 }
 
+/* 0 when no row breaks a foreign key, -1 (reason in err) otherwise. */
+static int foreign_keys_hold(struct db *d, char *err, size_t errlen)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	if (sqlite3_prepare_v2(d->conn, "PRAGMA foreign_key_check", -1, &st, NULL) != SQLITE_OK) {
+		snprintf(err, errlen, "%s", sqlite3_errmsg(d->conn));
+		return -1;
+	}
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		snprintf(err, errlen, "a row of %s breaks a foreign key (rowid %lld)",
+			 (const char *)sqlite3_column_text(st, 0),
+			 (long long)sqlite3_column_int64(st, 1));
+	else if (rc != SQLITE_DONE)
+		snprintf(err, errlen, "%s", sqlite3_errmsg(d->conn));
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* One migration block, as SQLite documents a table rebuild
+ * (lang_altertable.html, "other kinds of table schema changes"): foreign
+ * keys off outside the transaction, so that dropping a rebuilt table does
+ * not cascade to the rows that refer to it, and checked before commit. */
+static int migrate_one(struct db *d, const char *block, int version, char *err, size_t errlen)
+{
+	char pragma[64], why[256] = "";
+	int rc = -1;
+
+	snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", version);
+	if (db_exec(d, "PRAGMA foreign_keys = OFF") < 0 || db_begin(d) < 0 ||
+	    db_exec(d, block) < 0 || foreign_keys_hold(d, why, sizeof why) < 0 ||
+	    db_exec(d, pragma) < 0 || db_commit(d) < 0) {
+		snprintf(err, errlen, "migration %d failed: %s", version,
+			 why[0] ? why : sqlite3_errmsg(d->conn));
+		db_rollback(d);
+	} else {
+		rc = 0;
+	}
+	if (db_exec(d, "PRAGMA foreign_keys = ON") < 0 && rc == 0) {
+		snprintf(err, errlen, "cannot turn foreign keys back on: %s",
+			 sqlite3_errmsg(d->conn));
+		rc = -1;
+	}
+	return rc;
+}
+
 int db_migrate(struct db *d, char *err, size_t errlen)
 {
 	const char *start, *end;
@@ -460,7 +508,6 @@ int db_migrate(struct db *d, char *err, size_t errlen)
 		end = next_migration(start + 1, &next_version);
 		if (version > current) {
 			size_t n = end ? (size_t)(end - start) : strlen(start);
-			char pragma[64];
 
 			block = malloc(n + 1);
 			if (!block) {
@@ -469,12 +516,7 @@ int db_migrate(struct db *d, char *err, size_t errlen)
 			}
 			memcpy(block, start, n);
 			block[n] = '\0';
-			snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", version);
-			if (db_begin(d) < 0 || db_exec(d, block) < 0 || db_exec(d, pragma) < 0 ||
-			    db_commit(d) < 0) {
-				snprintf(err, errlen, "migration %d failed: %s", version,
-					 sqlite3_errmsg(d->conn));
-				db_rollback(d);
+			if (migrate_one(d, block, version, err, errlen) < 0) {
 				free(block);
 				return -1;
 			}

@@ -45,7 +45,9 @@ void db_rollback(struct db *d);
 const char *db_errmsg(struct db *d);
 sqlite3 *db_handle(struct db *d);
 
-/* Apply schema.sql's migrations newer than the file's user_version. */
+/* Apply schema.sql's migrations newer than the file's user_version, each
+ * in one transaction with foreign keys off (so a block may rebuild a
+ * table) and PRAGMA foreign_key_check clean before it commits. */
 int db_migrate(struct db *d, char *err, size_t errlen);
 
 #endif

@@ -144,17 +144,15 @@ static int read_input_body(struct exchange *ex)
 	if (request_parse_body(ex->r) < 0)
 		return -1;
 	rc = request_field(ex->r, "message", &message);
-	if (rc <= 0)
-		return resp_field_error(ex->r, "message",
-					rc == 0 ? "This field is required."
-						: "Not a valid string."),
-		       -1;
+	if (rc != REQUEST_FIELD_FOUND)
+		return resp_field_error(ex->r, "message", request_field_problem(rc)), -1;
 	if (take_message(ex, message, strlen(message)) < 0)
 		return -1;
+	/* Optional: absent is the default, null is refused (DRF). */
 	rc = request_field(ex->r, "conversation_id", &conversation);
 	if (rc < 0)
-		return resp_field_error(ex->r, "conversation_id", "Not a valid string."), -1;
-	return take_conversation(ex, rc ? conversation : NULL);
+		return resp_field_error(ex->r, "conversation_id", request_field_problem(rc)), -1;
+	return take_conversation(ex, rc == REQUEST_FIELD_FOUND ? conversation : NULL);
 }
 
 /* The writes every exchange makes once: its two message ids and the

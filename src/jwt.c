@@ -52,21 +52,26 @@ static void hmac(unsigned char mac[crypto_auth_hmacsha256_BYTES], const char *ms
 	crypto_auth_hmacsha256_final(&st, mac);
 }
 
-int jwt_sign(struct buf *out, enum jwt_type type, long long user_id, time_t now, long lifetime,
-	     const unsigned char *key, size_t keylen)
+int jwt_sign(struct buf *out, enum jwt_type type, long long user_id, const char *hash_password,
+	     time_t now, long lifetime, const unsigned char *key, size_t keylen)
 {
 	unsigned char jti_raw[16], mac[crypto_auth_hmacsha256_BYTES];
-	char jti[33], payload[256];
+	char jti[33], payload[320];
 	size_t start = out->len;
 	int n;
 
+	/* The claim is ours (hex); anything else would need JSON escaping. */
+	if (hash_password && (strlen(hash_password) != JWT_CLAIM_HASH_LEN ||
+			      strspn(hash_password, "0123456789ABCDEF") != JWT_CLAIM_HASH_LEN))
+		return -1;
 	randombytes_buf(jti_raw, sizeof jti_raw);
 	sodium_bin2hex(jti, sizeof jti, jti_raw, sizeof jti_raw);
-	n = snprintf(
-		payload, sizeof payload,
-		"{\"token_type\":\"%s\",\"exp\":%lld,\"iat\":%lld,\"jti\":\"%s\",\"user_id\":%lld}",
-		type == JWT_ACCESS ? "access" : "refresh", (long long)now + lifetime,
-		(long long)now, jti, user_id);
+	n = snprintf(payload, sizeof payload,
+		     "{\"token_type\":\"%s\",\"exp\":%lld,\"iat\":%lld,\"jti\":\"%s\",\"user_id\":%"
+		     "lld%s%s%s}",
+		     type == JWT_ACCESS ? "access" : "refresh", (long long)now + lifetime,
+		     (long long)now, jti, user_id, hash_password ? ",\"hash_password\":\"" : "",
+		     hash_password ? hash_password : "", hash_password ? "\"" : "");
 	if (n < 0 || (size_t)n >= sizeof payload)
 		return -1;
 	if (jwt_b64_encode(out, (const unsigned char *)jwt_header_json,
@@ -107,7 +112,7 @@ int jwt_verify(const char *token, const unsigned char *key, size_t keylen, time_
 	unsigned char mac[crypto_auth_hmacsha256_BYTES], sig[64];
 	const char *dot1, *dot2;
 	cJSON *header = NULL, *payload = NULL;
-	const cJSON *alg, *type, *jti;
+	const cJSON *alg, *type, *jti, *hash;
 	size_t len, siglen;
 	int rc = -1;
 
@@ -158,6 +163,11 @@ int jwt_verify(const char *token, const unsigned char *key, size_t keylen, time_
 	    strlen(jti->valuestring) >= sizeof claims->jti)
 		goto out;
 	memcpy(claims->jti, jti->valuestring, strlen(jti->valuestring) + 1);
+	/* Optional here; its absence is a mismatch where it is compared. */
+	hash = cJSON_GetObjectItemCaseSensitive(payload, "hash_password");
+	claims->hash_password[0] = '\0';
+	if (cJSON_IsString(hash) && strlen(hash->valuestring) == JWT_CLAIM_HASH_LEN)
+		memcpy(claims->hash_password, hash->valuestring, JWT_CLAIM_HASH_LEN + 1);
 	if (claims->exp <= (long long)now)
 		goto out;
 	rc = 0;

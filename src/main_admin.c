@@ -2,7 +2,8 @@
  * jarvas-admin — the operator's command line behind spawn/jarvasctl:
  * create or migrate the database and secret key, and manage users.
  *
- *   jarvas-admin init
+ *   jarvas-admin init          (refuses to make a key while users exist)
+ *   jarvas-admin new-key       (a new secret.key, on purpose)
  *   jarvas-admin adduser NAME     (password: one line on stdin)
  *   jarvas-admin passwd NAME      (password: one line on stdin)
  *   jarvas-admin deluser NAME
@@ -27,40 +28,86 @@
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: jarvas-admin init | adduser NAME | passwd NAME | "
+	fprintf(stderr, "usage: jarvas-admin init | new-key | adduser NAME | passwd NAME | "
 			"deluser NAME | users | context NAME\n");
 	return 2;
 }
 
-/* The key is 64 hex characters; created once, never overwritten. */
-static int make_secret(void)
+/* Write 64 fresh hex characters to path, mode 0600, exclusively (an
+ * existing file stays: *exists is set).  0 or -1 (reason on stderr). */
+static int write_key(const char *path, int *exists)
 {
 	unsigned char raw[32];
 	char hex[65];
 	int fd;
 
-	if (config.secret)
-		return 0; /* JARVAS_SECRET_KEY is set: no file needed */
-	fd = open(config.secret_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	*exists = 0;
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
-		if (errno == EEXIST)
+		if (errno == EEXIST) {
+			*exists = 1;
 			return 0;
-		fprintf(stderr, "jarvas-admin: cannot create %s: %s\n", config.secret_path,
-			strerror(errno));
+		}
+		fprintf(stderr, "jarvas-admin: cannot create %s: %s\n", path, strerror(errno));
 		return -1;
 	}
 	randombytes_buf(raw, sizeof raw);
 	sodium_bin2hex(hex, sizeof hex, raw, sizeof raw);
+	sodium_memzero(raw, sizeof raw);
 	hex[64] = '\n';
 	if (write(fd, hex, sizeof hex) != (ssize_t)sizeof hex || fsync(fd) < 0) {
-		fprintf(stderr, "jarvas-admin: cannot write %s: %s\n", config.secret_path,
-			strerror(errno));
+		fprintf(stderr, "jarvas-admin: cannot write %s: %s\n", path, strerror(errno));
+		sodium_memzero(hex, sizeof hex);
 		close(fd);
-		unlink(config.secret_path);
+		unlink(path);
 		return -1;
 	}
 	sodium_memzero(hex, sizeof hex);
 	return close(fd);
+}
+
+/* Users in the database (0 when it has no users table yet), or -1. */
+static long count_users(struct db *d)
+{
+	static const char sql[] = "SELECT count(*) FROM users";
+	sqlite3_stmt *st = db_stmt(d, sql);
+	long n = -1;
+
+	if (st && sqlite3_step(st) == SQLITE_ROW)
+		n = (long)sqlite3_column_int64(st, 0);
+	if (st)
+		sqlite3_reset(st);
+	return n;
+}
+
+/* The key is created once, when there is nobody whose tokens it would
+ * end: a missing key with users in the database is a lost key, and a
+ * new one is made only on purpose (new-key). */
+static int make_secret(struct db *d)
+{
+	long users;
+	int exists;
+
+	if (config.secret)
+		return 0; /* JARVAS_SECRET_KEY is set: no file needed */
+	if (access(config.secret_path, F_OK) == 0)
+		return 0;
+	users = count_users(d);
+	if (users < 0) {
+		fprintf(stderr, "jarvas-admin: cannot count users: %s\n", db_errmsg(d));
+		return -1;
+	}
+	if (users > 0) {
+		fprintf(stderr,
+			"jarvas-admin: %s is missing, but the database has %ld user%s: refusing to "
+			"make a new key, which would end every session and token they hold.\n"
+			"  Restore the file from a backup (the running responders, if any, keep "
+			"the key in memory until they stop),\n"
+			"  or make a new key on purpose: jarvasctl new-key\n",
+			config.secret_path, users, users == 1 ? "" : "s");
+		return -1;
+	}
+	return write_key(config.secret_path, &exists);
 }
 
 static int cmd_init(void)
@@ -69,21 +116,54 @@ static int cmd_init(void)
 	struct db *d;
 	int rc;
 
-	if (make_secret() < 0)
-		return 1;
 	d = db_open(config.db_path, 1);
 	if (!d) {
 		fprintf(stderr, "jarvas-admin: cannot open %s\n", config.db_path);
 		return 1;
 	}
 	rc = db_migrate(d, err, sizeof err);
-	db_close(d);
 	chmod(config.db_path, 0600);
-	if (rc < 0) {
+	if (rc < 0)
 		fprintf(stderr, "jarvas-admin: %s\n", err);
+	else
+		rc = make_secret(d);
+	db_close(d);
+	return rc < 0 ? 1 : 0;
+}
+
+/* A new key replaces the file at once (written aside, then renamed);
+ * the responders use it from their next start or restart. */
+static int cmd_new_key(void)
+{
+	struct buf tmp;
+	int exists, rc = 1;
+
+	if (getenv("JARVAS_SECRET_KEY") && *getenv("JARVAS_SECRET_KEY")) {
+		fprintf(stderr, "jarvas-admin: the key comes from JARVAS_SECRET_KEY: change it "
+				"there\n");
 		return 1;
 	}
-	return 0;
+	buf_init(&tmp, 8192);
+	if (buf_printf(&tmp, "%s.new", config.secret_path) != BUF_OK) {
+		fprintf(stderr, "jarvas-admin: path too long\n");
+		goto out;
+	}
+	unlink(buf_str(&tmp)); /* left by an interrupted new-key */
+	if (write_key(buf_str(&tmp), &exists) < 0)
+		goto out;
+	if (rename(buf_str(&tmp), config.secret_path) < 0) {
+		fprintf(stderr, "jarvas-admin: cannot replace %s: %s\n", config.secret_path,
+			strerror(errno));
+		unlink(buf_str(&tmp));
+		goto out;
+	}
+	printf("new key written to %s; every token signed with the old key stops working once "
+	       "the responders use it:\nrun jarvasctl restart (or start), then log in again.\n",
+	       config.secret_path);
+	rc = 0;
+out:
+	buf_free(&tmp);
+	return rc;
 }
 
 /* Read stdin: one line (password) or everything (context), capped. */
@@ -222,6 +302,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "init") == 0 && argc == 2)
 		rc = cmd_init();
+	else if (strcmp(argv[1], "new-key") == 0 && argc == 2)
+		rc = cmd_new_key();
 	else if (strcmp(argv[1], "adduser") == 0 && argc == 3)
 		rc = cmd_password(argv[2], 1);
 	else if (strcmp(argv[1], "passwd") == 0 && argc == 3)

@@ -1,11 +1,12 @@
 /*
  * ops — health and metrics endpoints (see ops.h).  Health runs a real
- * query and a real upstream request, each with a short bound, so it never
- * takes more than a few seconds.
+ * query, a real write and a real upstream request, each with a short
+ * bound, so it never takes more than a few seconds.
  */
 #include "ops.h"
 
 #include <stdio.h>
+#include <time.h>
 
 #include "config.h"
 #include "db.h"
@@ -14,6 +15,32 @@
 #include "upstream.h"
 
 #define HEALTH_UPSTREAM_TIMEOUT_MS 2000
+
+/* A real write: the probe row rewritten and committed.  A read-only or
+ * full database still answers reads but cannot record a login attempt,
+ * and health must say so. */
+static int database_writable(struct db *d, char *err, size_t errlen)
+{
+	static const char sql[] = "UPDATE health_probe SET checked_at = ?1 WHERE id = 1";
+	sqlite3_stmt *st;
+	int rc = SQLITE_ERROR;
+
+	if (db_begin(d) < 0)
+		goto fail;
+	st = db_stmt(d, sql);
+	if (st) {
+		sqlite3_bind_int64(st, 1, (sqlite3_int64)time(NULL));
+		rc = sqlite3_step(st);
+		sqlite3_reset(st);
+	}
+	if (rc != SQLITE_DONE || sqlite3_changes(db_handle(d)) != 1 || db_commit(d) < 0)
+		goto fail;
+	return 0;
+fail:
+	snprintf(err, errlen, "cannot write: %s", db_errmsg(d));
+	db_rollback(d);
+	return -1;
+}
 
 /* A fresh connection, not a pooled one: a pooled connection keeps working
  * on a file that was deleted or replaced, and health must see the file as
@@ -35,23 +62,34 @@ static int database_ok(char *err, size_t errlen)
 		snprintf(err, errlen, "%s", db_errmsg(d));
 	if (st)
 		sqlite3_reset(st);
+	if (rc == SQLITE_ROW && database_writable(d, err, errlen) < 0)
+		rc = SQLITE_READONLY;
 	db_close(d);
 	return rc == SQLITE_ROW ? 0 : -1;
 }
 
 void ops_health(struct request *r)
 {
-	char db_err[256], up_err[256];
+	char db_err[256], up_err[256], key_note[1024];
 	int db_ok = database_ok(db_err, sizeof db_err) == 0;
 	int up_ok = upstream_health(HEALTH_UPSTREAM_TIMEOUT_MS, up_err, sizeof up_err) == 0;
+	int key_ok = config_secret_check(key_note, sizeof key_note) == 0;
 	cJSON *o = cJSON_CreateObject();
 	struct buf msg;
 
+	/* A key problem does not stop serving: "degraded", still 200, so a
+	 * load balancer keeps sending traffic; the operator must act before
+	 * the next stop. */
 	buf_init(&msg, 1024);
 	if (!db_ok)
 		buf_printf(&msg, "error: %s", db_err);
-	if (!o || !cJSON_AddStringToObject(o, "status", db_ok && up_ok ? "ok" : "error") ||
-	    !cJSON_AddStringToObject(o, "database", db_ok ? "ok" : buf_str(&msg))) {
+	if (!o ||
+	    !cJSON_AddStringToObject(o, "status",
+				     !(db_ok && up_ok) ? "error"
+				     : key_ok	       ? "ok"
+						       : "degraded") ||
+	    !cJSON_AddStringToObject(o, "database", db_ok ? "ok" : buf_str(&msg)) ||
+	    !cJSON_AddStringToObject(o, "secret_key", key_ok ? "ok" : key_note)) {
 		cJSON_Delete(o);
 		buf_free(&msg);
 		resp_json(r, 500, NULL);

@@ -432,10 +432,22 @@ int request_field(const struct request *r, const char *name, const char **out)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->data, name);
 
-	if (!v || cJSON_IsNull(v))
-		return 0;
+	if (!v)
+		return REQUEST_FIELD_MISSING;
+	if (cJSON_IsNull(v))
+		return REQUEST_FIELD_NULL;
 	if (!cJSON_IsString(v))
-		return -1;
+		return REQUEST_FIELD_INVALID;
 	*out = v->valuestring;
-	return 1;
+	return REQUEST_FIELD_FOUND;
+}
+
+const char *request_field_problem(int rc)
+{
+	switch (rc) {
+	case REQUEST_FIELD_FOUND: return NULL;
+	case REQUEST_FIELD_MISSING: return "This field is required.";
+	case REQUEST_FIELD_NULL: return "This field may not be null.";
+	default: return "Not a valid string.";
+	}
 }

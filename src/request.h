@@ -57,9 +57,18 @@ int request_query(const struct request *r, const char *name, struct buf *out);
 /* Milliseconds since the request started. */
 double request_elapsed_ms(const struct request *r);
 
-/* A string field of r->data: 1 found (*out set), 0 missing or null,
- * -1 present but not a string. */
+/* A string field of r->data, read as DRF's CharField reads it. */
+enum request_field_rc {
+	REQUEST_FIELD_FOUND = 1,    /* *out set */
+	REQUEST_FIELD_MISSING = 0,  /* "This field is required." (or the default) */
+	REQUEST_FIELD_INVALID = -1, /* a number, boolean, array or object */
+	REQUEST_FIELD_NULL = -2,    /* null: never the same as missing */
+};
 int request_field(const struct request *r, const char *name, const char **out);
+/* DRF's message for what request_field() returned (NULL when found).
+ * DRF coerces numbers to strings; we refuse them as "Not a valid
+ * string." like the other non-strings, so a value is what was sent. */
+const char *request_field_problem(int rc);
 
 /* The body as data: JSON object or form fields.  0 with *data set, or
  * the HTTP status to answer (400, 415, 500) with a reason.  Pure: the

@@ -16,7 +16,9 @@
  * Reload (SIGHUP, `jarvasctl restart`): after that drain the process
  * re-executes its binary, keeping the listening socket on fd 0 and its
  * pid.  Connections that arrive meanwhile wait in the socket's backlog,
- * so none is refused, and a new binary on disk takes over.
+ * so none is refused, and a new binary on disk takes over.  The signing
+ * key travels to the new image in a memfd (config_secret_handover()), so
+ * a secret.key removed meanwhile does not stop it from starting.
  */
 #include "server.h"
 
@@ -304,12 +306,19 @@ static int run_workers(int *reload)
  * only on failure. */
 static void reexec(const char *self)
 {
-	sigset_t none;
+	sigset_t stop;
 	char *const argv[] = {(char *)self, NULL};
 
-	/* The new image must start with no signal blocked. */
-	sigemptyset(&none);
-	sigprocmask(SIG_SETMASK, &none, NULL);
+	/* The new image starts with only the stop and reload signals blocked,
+	 * as run_workers() wants them: one that arrives while it starts up
+	 * (hashing the dummy password takes a while) stays pending for its
+	 * sigwait() instead of killing it by its default action.  A mask and
+	 * pending signals survive execv. */
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGTERM);
+	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGHUP);
+	sigprocmask(SIG_SETMASK, &stop, NULL);
 	log_info("reloading: exec %s", self);
 	execv(self, argv);
 	log_error("reload failed: exec %s: %s", self, strerror(errno));
@@ -370,6 +379,11 @@ int server_main(const struct server_spec *s)
 	metrics_close();
 	db_pool_free();
 	upstream_global_cleanup();
+	/* The key survives the reload even when secret.key is gone by now. */
+	if (reload && rc == 0 && self[0] && config_secret_handover() < 0)
+		log_error("reload: cannot hand the key over in memory (%s); the new image needs "
+			  "%s",
+			  strerror(errno), config.secret_path);
 	config_free();
 	if (reload && rc == 0 && self[0])
 		reexec(self); /* returns only on failure */

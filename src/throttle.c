@@ -3,109 +3,154 @@
  */
 #include "throttle.h"
 
-#include <stdio.h>
+#include <sodium.h>
+#include <string.h>
 #include <time.h>
 
 #include "buf.h"
 #include "config.h"
+#include "log.h"
+#include "users.h"
 
-/* "user:<name>" / "addr:<ip>"; 0 or -1. */
-static int make_key(struct buf *b, const char *kind, const char *value)
+#define KEY_MAX 512 /* "pair:" + two parts of at most USERNAME_MAX bytes */
+
+/* One part of a key: as it is, or "#<sha256 hex>" when longer than a
+ * username can be (the client chooses it; 1 MiB must not be a key). */
+static int key_part(struct buf *b, const char *s)
 {
+	unsigned char md[crypto_hash_sha256_BYTES];
+	char hex[2 * sizeof md + 1];
+	size_t n;
+
+	if (!s)
+		s = "-";
+	n = strlen(s);
+	if (n <= USERNAME_MAX)
+		return buf_append(b, s, n) == BUF_OK ? 0 : -1;
+	crypto_hash_sha256(md, (const unsigned char *)s, n);
+	sodium_bin2hex(hex, sizeof hex, md, sizeof md);
+	return buf_putc(b, '#') == BUF_OK && buf_puts(b, hex) == BUF_OK ? 0 : -1;
+}
+
+enum key_kind { KEY_PAIR, KEY_ADDR, KEY_USER };
+
+static int make_key(struct buf *b, enum key_kind kind, const char *username, const char *addr)
+{
+	static const char *const prefix[] = {"pair:", "addr:", "user:"};
+
 	buf_reset(b);
-	return buf_printf(b, "%s:%s", kind, value ? value : "-") == BUF_OK ? 0 : -1;
-}
-
-/* Seconds left in the key's window when it is over limit, else 0. */
-static long over_limit(struct db *d, const char *key, int limit, time_t now)
-{
-	static const char sql[] =
-		"SELECT failures, window_start FROM login_failures WHERE key = ?1";
-	sqlite3_stmt *st = db_stmt(d, sql);
-	long wait = 0;
-	int rc;
-
-	if (!st)
+	if (buf_puts(b, prefix[kind]) != BUF_OK)
 		return -1;
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		long long end = sqlite3_column_int64(st, 1) + config.login_window;
-		if (sqlite3_column_int(st, 0) >= limit && end > now)
-			wait = (long)(end - now);
-	}
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW || rc == SQLITE_DONE ? wait : -1;
+	if (kind == KEY_PAIR) /* an address holds no '|' */
+		return key_part(b, addr) == 0 && buf_putc(b, '|') == BUF_OK &&
+				       key_part(b, username) == 0
+			       ? 0
+			       : -1;
+	return key_part(b, kind == KEY_ADDR ? addr : username);
 }
 
-long throttle_check(struct db *d, const char *username, const char *addr)
-{
-	struct buf key;
-	time_t now = time(NULL);
-	long a = -1, b = -1;
+struct count {
+	long long attempts, window_start;
+};
 
-	buf_init(&key, 512);
-	if (make_key(&key, "user", username) == 0)
-		a = over_limit(d, buf_str(&key), config.login_failures_per_user, now);
-	if (a >= 0 && make_key(&key, "addr", addr) == 0)
-		b = over_limit(d, buf_str(&key), config.login_failures_per_addr, now);
-	buf_free(&key);
-	if (a < 0 || b < 0)
-		return -1;
-	return a > b ? a : b;
-}
-
-static int count_failure(struct db *d, const char *key, time_t now)
+/* Count one more attempt under key (a window that has ended starts again
+ * at 1); in the caller's transaction.  0 or -1. */
+static int count_attempt(struct db *d, const char *key, time_t now, struct count *c)
 {
-	/* A window that has ended starts again at 1. */
 	static const char sql[] =
 		"INSERT INTO login_failures (key, failures, window_start) VALUES (?1, 1, ?2) "
 		"ON CONFLICT (key) DO UPDATE SET "
 		"failures = CASE WHEN window_start + ?3 <= ?2 THEN 1 ELSE failures + 1 END, "
-		"window_start = CASE WHEN window_start + ?3 <= ?2 THEN ?2 ELSE window_start END";
+		"window_start = CASE WHEN window_start + ?3 <= ?2 THEN ?2 ELSE window_start END "
+		"RETURNING failures, window_start";
 	sqlite3_stmt *st = db_stmt(d, sql);
 	int rc;
 
 	if (!st)
 		return -1;
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 2, (sqlite3_int64)now);
 	sqlite3_bind_int64(st, 3, config.login_window);
 	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		c->attempts = sqlite3_column_int64(st, 0);
+		c->window_start = sqlite3_column_int64(st, 1);
+		rc = sqlite3_step(st);
+	}
 	sqlite3_reset(st);
 	return rc == SQLITE_DONE ? 0 : -1;
 }
 
-int throttle_failed(struct db *d, const char *username, const char *addr)
+/* Seconds until c's window ends, at least 1. */
+static long wait_for(const struct count *c, time_t now)
 {
+	long long left = c->window_start + config.login_window - (long long)now;
+
+	return left > 0 ? (long)left : 1;
+}
+
+long throttle_attempt(struct db *d, const char *username, const char *addr)
+{
+	struct count c[3];
 	struct buf key;
 	time_t now = time(NULL);
-	int rc = -1;
+	long wait = 0;
+	int k;
 
-	buf_init(&key, 512);
-	if (db_begin(d) == 0 && make_key(&key, "user", username) == 0 &&
-	    count_failure(d, buf_str(&key), now) == 0 && make_key(&key, "addr", addr) == 0 &&
-	    count_failure(d, buf_str(&key), now) == 0 && db_commit(d) == 0)
-		rc = 0;
-	else
+	buf_init(&key, KEY_MAX);
+	if (db_begin(d) < 0)
+		goto fail;
+	for (k = KEY_PAIR; k <= KEY_USER; k++)
+		if (make_key(&key, k, username, addr) < 0 ||
+		    count_attempt(d, buf_str(&key), now, &c[k]) < 0)
+			goto fail;
+	if (c[KEY_PAIR].attempts > config.login_failures_per_user)
+		wait = wait_for(&c[KEY_PAIR], now);
+	else if (c[KEY_ADDR].attempts > config.login_failures_per_addr)
+		wait = wait_for(&c[KEY_ADDR], now);
+	else if (c[KEY_USER].attempts > config.login_username_ceiling && c[KEY_PAIR].attempts > 1)
+		wait = wait_for(&c[KEY_USER], now);
+	/* A refused attempt is not counted: refusals do not feed the ceiling. */
+	if (wait > 0)
+		db_rollback(d);
+	else if (db_commit(d) < 0)
+		goto fail;
+	buf_free(&key);
+	return wait;
+fail:
+	log_error("cannot record a login attempt: %s", db_errmsg(d));
+	db_rollback(d);
+	buf_free(&key);
+	return -1;
+}
+
+int throttle_succeeded(struct db *d, const char *username, const char *addr)
+{
+	static const char forget[] = "DELETE FROM login_failures WHERE key = ?1";
+	static const char uncount[] = "UPDATE login_failures SET failures = max(failures - 1, 0) "
+				      "WHERE key = ?1";
+	struct buf key;
+	int k, rc = -1;
+
+	buf_init(&key, KEY_MAX);
+	if (db_begin(d) < 0)
+		goto out;
+	for (k = KEY_PAIR; k <= KEY_USER; k++) {
+		sqlite3_stmt *st = db_stmt(d, k == KEY_PAIR ? forget : uncount);
+		int step;
+
+		if (!st || make_key(&key, k, username, addr) < 0)
+			goto out;
+		sqlite3_bind_text(st, 1, buf_str(&key), -1, SQLITE_TRANSIENT);
+		step = sqlite3_step(st);
+		sqlite3_reset(st);
+		if (step != SQLITE_DONE)
+			goto out;
+	}
+	rc = db_commit(d);
+out:
+	if (rc < 0)
 		db_rollback(d);
 	buf_free(&key);
 	return rc;
-}
-
-int throttle_succeeded(struct db *d, const char *username)
-{
-	static const char sql[] = "DELETE FROM login_failures WHERE key = ?1";
-	sqlite3_stmt *st = db_stmt(d, sql);
-	struct buf key;
-	int rc = SQLITE_ERROR;
-
-	buf_init(&key, 512);
-	if (st && make_key(&key, "user", username) == 0) {
-		sqlite3_bind_text(st, 1, buf_str(&key), -1, SQLITE_STATIC);
-		rc = sqlite3_step(st);
-		sqlite3_reset(st);
-	}
-	buf_free(&key);
-	return rc == SQLITE_DONE ? 0 : -1;
 }

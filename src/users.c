@@ -1,8 +1,10 @@
 /*
- * users — SQL for the users table (see users.h).
+ * users — SQL for the users table (see users.h).  MD5 for the token
+ * claim comes from OpenSSL's libcrypto: never a digest of our own.
  */
 #include "users.h"
 
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +73,23 @@ void users_clear(struct user *u)
 	free(u->context);
 	u->context = NULL;
 	sodium_memzero(u->password_hash, sizeof u->password_hash);
+}
+
+int users_password_claim(const char *password_hash, char out[JWT_CLAIM_HASH_LEN + 1])
+{
+	static const char hex[] = "0123456789ABCDEF";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int n = 0, i;
+
+	if (EVP_Digest(password_hash, strlen(password_hash), md, &n, EVP_md5(), NULL) != 1 ||
+	    n * 2 != JWT_CLAIM_HASH_LEN)
+		return -1;
+	for (i = 0; i < n; i++) {
+		out[2 * i] = hex[md[i] >> 4];
+		out[2 * i + 1] = hex[md[i] & 15];
+	}
+	out[JWT_CLAIM_HASH_LEN] = '\0';
+	return 0;
 }
 
 int users_name_valid(const char *name)

@@ -6,6 +6,7 @@
 #define JARVAS_USERS_H
 
 #include "db.h"
+#include "jwt.h"
 #include "password.h"
 
 #define USERNAME_MAX 150 /* Django's limit */
@@ -29,6 +30,11 @@ int users_create(struct db *d, const char *name, const char *hash, char *err, si
 int users_set_password(struct db *d, const char *name, const char *hash);
 int users_set_context(struct db *d, const char *name, const char *context);
 int users_delete(struct db *d, const char *name);
+
+/* The hash_password claim (jwt.h) for a stored password hash: its MD5 as
+ * upper-case hex, SimpleJWT's get_md5_hash_password(), so tokens stay
+ * interchangeable with a Django backend on the same users.  0 or -1. */
+int users_password_claim(const char *password_hash, char out[JWT_CLAIM_HASH_LEN + 1]);
 
 /* Django's username rule: 1-150 of letters, digits and @.+-_ */
 int users_name_valid(const char *name);

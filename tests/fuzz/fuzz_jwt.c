@@ -239,7 +239,7 @@ static void round_trip(const uint8_t *p, size_t n)
 	int rc, want;
 
 	buf_init(&out, JWT_MAX_LEN);
-	FUZZ_ASSERT(jwt_sign(&out, type, user_id, now, lifetime, key, keylen) == 0);
+	FUZZ_ASSERT(jwt_sign(&out, type, user_id, NULL, now, lifetime, key, keylen) == 0);
 	rc = jwt_verify(buf_str(&out), key, keylen, (time_t)at, &c);
 	want = (long long)now + lifetime > at && user_id >= -9000000000000000LL &&
 	       user_id <= 9000000000000000LL;

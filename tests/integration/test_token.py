@@ -5,6 +5,8 @@ is reported as a test of its own."""
 import hashlib
 import hmac
 import os
+import re
+import sqlite3
 import stat
 import time
 
@@ -369,9 +371,151 @@ def test_token_lifetimes_are_configurable(stack):
     check_jwt(stack, f["refresh"], "refresh", 120, f["user_id"])
 
 
-@harness.stack_env(JARVAS_SECRET_KEY="a key given in the environment")
+@harness.stack_env(JARVAS_SECRET_KEY="a key given in the environment, 32+ bytes")
 def test_secret_key_from_the_environment_is_used_verbatim(stack):
     f = fixture(stack)
     check_jwt(stack, f["access"], "access", ACCESS_LIFETIME, f["user_id"])
     r = post(stack, "/api/token/verify/", json={"token": forge(stack)})
     assert r.status == 200, r
+
+
+# --- revocation: deleted users, changed passwords (issue 10, item 2) -----------
+
+PASSWORD_CHANGED = {"detail": "The user's password has been changed.",
+                    "code": "password_changed"}
+
+
+def history_of(stack, access, conversation_id="default"):
+    return stack.request("GET", f"/api/chat/history/?conversation_id={conversation_id}",
+                         token=access)
+
+
+def say(stack, access, text):
+    r = stack.request("POST", "/api/chat/", json={"message": text}, token=access)
+    assert r.status == 200, r
+
+
+def test_tokens_carry_simplejwts_hash_password_claim(stack):
+    """CHECK_REVOKE_TOKEN's claim: MD5 of the stored hash, upper-case hex."""
+    f = fixture(stack)
+    (stored,) = stack.sqlite("SELECT password_hash FROM users WHERE id = ?", (f["user_id"],))[0]
+    want = hashlib.md5(stored.encode()).hexdigest().upper()
+    r = post(stack, "/api/token/refresh/", json={"refresh": f["refresh"]})
+    assert r.status == 200, r
+    for token in (f["access"], f["refresh"], r.json()["access"]):
+        assert jwt_parts(token)[1].get("hash_password") == want, jwt_parts(token)
+
+
+def test_a_password_change_ends_every_token_issued_before_it(stack):
+    name, old = stack.user("revoke")
+    access, refresh = stack.login(name, old)
+    assert history_of(stack, access).status == 200
+    r = stack.jarvasctl("passwd", name, input="another-secret\n")
+    assert r.returncode == 0, r.stderr
+    r = history_of(stack, access)
+    assert r.status == 401 and r.json() == PASSWORD_CHANGED, r
+    r = post(stack, "/api/token/refresh/", json={"refresh": refresh})
+    assert r.status == 401 and r.json() == PASSWORD_CHANGED, r
+    # The new password gives tokens that work, refresh included.
+    access, refresh = stack.login(name, "another-secret")
+    assert history_of(stack, access).status == 200
+    r = post(stack, "/api/token/refresh/", json={"refresh": refresh})
+    assert r.status == 200, r
+    assert history_of(stack, r.json()["access"]).status == 200
+
+
+def test_a_deleted_users_tokens_never_reach_the_next_user(stack):
+    """Delete the newest user, add another: the new one gets a new id, and
+    the deleted user's tokens are refused rather than read the new user's
+    history (SQLite reused the largest rowid before AUTOINCREMENT)."""
+    gone, pw = stack.user("gone")
+    access, refresh = stack.login(gone, pw)
+    (gone_id,) = stack.sqlite("SELECT id FROM users WHERE username = ?", (gone,))[0]
+    assert stack.jarvasctl("deluser", gone).returncode == 0
+    heir, heir_pw = stack.user("heir")
+    heir_access, _ = stack.login(heir, heir_pw)
+    say(stack, heir_access, "the heir's private words")
+    (heir_id,) = stack.sqlite("SELECT id FROM users WHERE username = ?", (heir,))[0]
+    assert heir_id > gone_id, (gone_id, heir_id)
+
+    r = history_of(stack, access)
+    assert r.status == 401 and r.json()["code"] == "user_not_found", r
+    r = post(stack, "/api/token/refresh/", json={"refresh": refresh})
+    assert r.status == 401 and r.json()["code"] == "no_active_account", r
+    r = stack.request("POST", "/api/chat/", json={"message": "hi"}, token=access)
+    assert r.status == 401, r
+    # ...and nothing the heir said, however the old token is presented.
+    r = stack.request("GET", "/api/chat/stream/?message=hi&access_token=" + access)
+    assert r.status == 401 and b"private words" not in r.body, r
+    assert [m for (m,) in stack.sqlite("SELECT content FROM messages WHERE user_id = ?",
+                                       (heir_id,))][0] == "the heir's private words"
+
+
+def test_a_token_without_the_claim_or_with_anothers_is_refused(stack):
+    """Forged with the server's own key: only the claim is wrong."""
+    f = fixture(stack)
+    for claim in (None, "0" * 32, hashlib.md5(b"x").hexdigest().upper(), 5):
+        token = forge(stack, hash_password=claim)
+        r = history_of(stack, token)
+        assert r.status == 401 and r.json() == PASSWORD_CHANGED, (claim, r)
+        r = post(stack, "/api/token/refresh/",
+                 json={"refresh": forge(stack, "refresh", hash_password=claim)})
+        assert r.status == 401 and r.json() == PASSWORD_CHANGED, (claim, r)
+    assert history_of(stack, f["access"]).status == 200
+
+
+def old_schema_blocks():
+    """schema.sql's migrations 1 and 2, as shipped before migration 3."""
+    text = (harness.ROOT / "schema.sql").read_text()
+    parts = re.split(r"(?m)^-- migrate: (\d+)\n", text)
+    return [(int(v), sql) for v, sql in zip(parts[1::2], parts[2::2]) if int(v) <= 2]
+
+
+@harness.stack_env(JARVAS_PROMPT_CACHE_TTL="3599")  # a stack of its own
+def test_migration_3_rebuilds_users_in_place_keeping_rows_ids_and_messages(stack):
+    # Real password hashes from the real program, then a database as the
+    # old schema made it, with a gap in the ids and history for two users.
+    people = [stack.user("mig") for _ in range(3)]
+    hashes = dict(stack.sqlite("SELECT username, password_hash FROM users"))
+    assert stack.jarvasctl("stop").returncode == 0
+    for suffix in ("", "-wal", "-shm"):
+        (stack.state / f"jarvas.db{suffix}").unlink(missing_ok=True)
+    con = sqlite3.connect(stack.state / "jarvas.db")
+    con.execute("PRAGMA journal_mode = WAL")
+    for version, sql in old_schema_blocks():
+        con.executescript(f"BEGIN; {sql}; PRAGMA user_version = {version}; COMMIT;")
+    con.execute("PRAGMA foreign_keys = ON")
+    ids = [2, 5, 9]
+    for uid, (name, _) in zip(ids, people):
+        con.execute("INSERT INTO users (id, username, password_hash, context, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (uid, name, hashes[name], f"ctx {uid}", f"2024-01-0{uid}T00:00:00.000Z"))
+    rows = [(1, 2, "default", "user", "first words"), (2, 2, "default", "assistant", "reply"),
+            (3, 9, "notes", "user", "kept note"), (4, 9, "notes", "assistant", "noted")]
+    con.executemany("INSERT INTO messages (id, user_id, conversation_id, role, content) "
+                    "VALUES (?, ?, ?, ?, ?)", rows)
+    con.execute("UPDATE sequences SET value = 4 WHERE name = 'message'")
+    con.commit()
+    con.close()
+    before_users = stack.sqlite("SELECT * FROM users ORDER BY id")
+    before_messages = stack.sqlite("SELECT * FROM messages ORDER BY id")
+
+    r = stack.jarvasctl("start", timeout=harness.START_TIMEOUT)
+    assert r.returncode == 0, r.stdout + r.stderr + stack.logs()
+    assert stack.sqlite("PRAGMA user_version")[0][0] >= 3
+    (sql,) = stack.sqlite("SELECT sql FROM sqlite_schema WHERE name = 'users'")[0]
+    assert "AUTOINCREMENT" in sql, sql
+    assert stack.sqlite("SELECT * FROM users ORDER BY id") == before_users
+    assert stack.sqlite("SELECT * FROM messages ORDER BY id") == before_messages
+    assert stack.sqlite("PRAGMA foreign_key_check") == []
+    # The users log in as before and see their history.
+    access, _ = stack.login(*people[2])
+    r = history_of(stack, access, "notes")
+    assert [m["content"] for m in r.json()["messages"]] == ["kept note", "noted"], r
+    # Ids go on after the largest, and deleting still cascades.
+    newcomer, _ = stack.user("mig_new")
+    (nid,) = stack.sqlite("SELECT id FROM users WHERE username = ?", (newcomer,))[0]
+    assert nid == 10, nid
+    assert stack.jarvasctl("deluser", people[0][0]).returncode == 0
+    assert stack.sqlite("SELECT count(*) FROM messages WHERE user_id = 2") == [(0,)]
+    assert stack.sqlite("SELECT count(*) FROM messages") == [(2,)]

@@ -1,9 +1,11 @@
-/* Unit tests: base64url and HS256 JWT signing and verification. */
+/* Unit tests: base64url, HS256 JWT signing and verification, and the
+ * hash_password claim. */
 #include <sodium.h>
 #include <stdlib.h>
 
 #include "check.h"
 #include "jwt.h"
+#include "users.h"
 
 static const unsigned char key[] = "0123456789abcdef0123456789abcdef";
 #define KEYLEN (sizeof key - 1)
@@ -60,7 +62,7 @@ static void test_sign_verify(void)
 	time_t now = 1700000000;
 
 	buf_init(&b, JWT_MAX_LEN);
-	CHECK(jwt_sign(&b, JWT_ACCESS, 42, now, 300, key, KEYLEN) == 0);
+	CHECK(jwt_sign(&b, JWT_ACCESS, 42, NULL, now, 300, key, KEYLEN) == 0);
 	CHECK(jwt_verify(buf_str(&b), key, KEYLEN, now + 10, &c) == 0);
 	CHECK(c.type == JWT_ACCESS && c.user_id == 42 && c.exp == now + 300 && c.iat == now);
 	CHECK(strlen(c.jti) == 32);
@@ -70,7 +72,7 @@ static void test_sign_verify(void)
 	b.data[b.len - 2] ^= 1;
 	CHECK(jwt_verify(buf_str(&b), key, KEYLEN, now, &c) < 0);
 	buf_reset(&b);
-	CHECK(jwt_sign(&b, JWT_REFRESH, 7, now, 86400, key, KEYLEN) == 0);
+	CHECK(jwt_sign(&b, JWT_REFRESH, 7, NULL, now, 86400, key, KEYLEN) == 0);
 	CHECK(jwt_verify(buf_str(&b), key, KEYLEN, now, &c) == 0 && c.type == JWT_REFRESH);
 	buf_free(&b);
 }
@@ -123,6 +125,42 @@ static void test_rejects(void)
 	}
 }
 
+/* SimpleJWT's get_md5_hash_password(): hashlib.md5(p.encode()).hexdigest().upper(). */
+static void test_password_claim(void)
+{
+	static const struct {
+		const char *hash, *claim;
+	} cases[] = {
+		{"", "D41D8CD98F00B204E9800998ECF8427E"},
+		{"$argon2id$v=19$m=65536,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG",
+		 "5118D7984C728A427E395A4C35511142"},
+	};
+	char claim[JWT_CLAIM_HASH_LEN + 1];
+	struct jwt_claims c;
+	struct buf b;
+	size_t i;
+
+	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		CHECK(users_password_claim(cases[i].hash, claim) == 0);
+		CHECK_STR(claim, cases[i].claim);
+	}
+	/* Signed into the token and read back; without it, read as "". */
+	buf_init(&b, JWT_MAX_LEN);
+	CHECK(jwt_sign(&b, JWT_ACCESS, 5, cases[1].claim, 1000, 60, key, KEYLEN) == 0);
+	CHECK(jwt_verify(buf_str(&b), key, KEYLEN, 1010, &c) == 0);
+	CHECK_STR(c.hash_password, cases[1].claim);
+	buf_reset(&b);
+	CHECK(jwt_sign(&b, JWT_ACCESS, 5, NULL, 1000, 60, key, KEYLEN) == 0);
+	CHECK(jwt_verify(buf_str(&b), key, KEYLEN, 1010, &c) == 0);
+	CHECK_STR(c.hash_password, "");
+	/* Only our own hex goes in: nothing to escape. */
+	CHECK(jwt_sign(&b, JWT_ACCESS, 5, "5118d7984c728a427e395a4c35511142", 1000, 60, key,
+		       KEYLEN) < 0);
+	CHECK(jwt_sign(&b, JWT_ACCESS, 5, "5118D7984C728A427E395A4C35511142\"", 1000, 60, key,
+		       KEYLEN) < 0);
+	buf_free(&b);
+}
+
 int main(void)
 {
 	if (sodium_init() < 0)
@@ -130,5 +168,6 @@ int main(void)
 	test_base64url();
 	test_sign_verify();
 	test_rejects();
+	test_password_claim();
 	return check_report("test_jwt");
 }
