@@ -102,7 +102,7 @@ stop:
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do $$t; done
 
-integration: all
+integration: all tests/bench/loadgen
 	python3 tests/integration/run.py
 
 test: deps-test
@@ -124,7 +124,7 @@ fuzz: deps-test
 soak: all
 	python3 tests/soak/soak.py
 
-asan: deps-test
+asan: deps-test tests/bench/loadgen
 	@rm -f build/asan/asan.* build/asan/ubsan.*
 	@$(MAKE) --no-print-directory all BUILD=build/asan BIN=build/asan/cgi-bin \
 		CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"

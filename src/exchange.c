@@ -315,10 +315,16 @@ int exchange_store(struct exchange *ex, int complete)
 	return rc;
 }
 
-void exchange_end(struct exchange *ex)
+void exchange_release_slot(struct exchange *ex)
 {
 	if (ex->stream_slot >= 0)
 		limits_stream_leave(ex->stream_slot);
+	ex->stream_slot = -1;
+}
+
+void exchange_end(struct exchange *ex)
+{
+	exchange_release_slot(ex);
 	if (ex->have_user)
 		users_clear(&ex->user);
 	history_free(&ex->history);

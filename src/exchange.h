@@ -61,6 +61,9 @@ int exchange_run(struct exchange *ex, int total_timeout);
  * the reply was cut short.  0 (also when nothing to store) or -1. */
 int exchange_store(struct exchange *ex, int complete);
 
+/* Give the user's stream slot back (exchange_end() does it too). */
+void exchange_release_slot(struct exchange *ex);
+
 void exchange_end(struct exchange *ex);
 
 #endif

@@ -57,10 +57,12 @@
 enum state { STREAMING, STORING, CLOSING };
 
 struct stream {
-	struct stream *prev, *next; /* relay.live: loop thread only */
-	struct stream *qnext;	    /* in relay.incoming, .to_store or .settled */
-	struct stream *dnext;	    /* in relay.dirty: loop thread only */
-	int dirty;		    /* has bytes to send this turn */
+	struct stream *prev, *next;   /* relay.live: loop thread only */
+	struct stream *qnext;	      /* in relay.incoming, .to_store or .settled */
+	struct stream *dnext;	      /* in relay.dirty: loop thread only */
+	struct stream *fprev, *fnext; /* in relay.finishing: loop thread only */
+	int finishing;		      /* ... is in that list */
+	int dirty;		      /* has bytes to send this turn */
 	enum state state;
 	int fd, request_id;
 	int watched;	 /* fd is in the epoll set */
@@ -91,6 +93,9 @@ static struct {
 	double curl_deadline; /* < 0: curl wants no timeout */
 	struct stream *live;  /* every stream the loop has taken in */
 	struct stream *dirty; /* streams with new bytes in `out` this turn */
+	/* Streams whose model sent its last line while the HTTP body is still
+	 * open, oldest first: ended UPSTREAM_DONE_GRACE_S later if it stays. */
+	struct stream *finishing, *finishing_tail;
 	pthread_t loop;
 	pthread_t storers[STORERS];
 	int nstorers;
@@ -329,6 +334,25 @@ static int on_content(void *ctx, const char *text, size_t n)
 	return 0;
 }
 
+/* The model's last line: the stream is finished.  Its transfer normally
+ * ends in the same read (the end of the chunked body follows the line);
+ * if the body stays open, end_finished() ends it shortly. */
+static void on_done(void *ctx)
+{
+	struct stream *s = ctx;
+
+	if (s->finishing)
+		return;
+	s->finishing = 1;
+	s->fnext = NULL;
+	s->fprev = relay.finishing_tail;
+	if (relay.finishing_tail)
+		relay.finishing_tail->fnext = s;
+	else
+		relay.finishing = s;
+	relay.finishing_tail = s;
+}
+
 static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *socketp)
 {
 	struct epoll_event ev = {.data.u64 = CURL_TAG | (uint64_t)(unsigned)fd};
@@ -357,8 +381,25 @@ static int on_timer(CURLM *m, long timeout_ms, void *userp)
 /* --- a stream's end --------------------------------------------------------- */
 
 /* The transfer is over (finished, failed or stopped): history next. */
+static void unlink_finishing(struct stream *s)
+{
+	if (!s->finishing)
+		return;
+	if (s->fprev)
+		s->fprev->fnext = s->fnext;
+	else
+		relay.finishing = s->fnext;
+	if (s->fnext)
+		s->fnext->fprev = s->fprev;
+	else
+		relay.finishing_tail = s->fprev;
+	s->fprev = s->fnext = NULL;
+	s->finishing = 0;
+}
+
 static void to_store(struct stream *s, CURLcode cc)
 {
+	unlink_finishing(s);
 	if (s->in_multi) {
 		curl_multi_remove_handle(relay.multi, s->x.curl);
 		s->in_multi = 0;
@@ -450,7 +491,11 @@ static void settle(struct stream *s)
 	long at;
 
 	at = fcgi_wire_stdout_begin(&s->tail);
-	if (exchange_store(ex, complete) < 0 && !gone(s))
+	rc = exchange_store(ex, complete);
+	/* The user's stream slot is free before the end reaches the client:
+	 * one who opens the next stream on `done` must find it free. */
+	exchange_release_slot(ex);
+	if (rc < 0 && !gone(s))
 		rc = sse_error(&s->tail, "The reply could not be saved; please retry.");
 	else if (complete)
 		rc = sse_done(&s->tail, ex->message_id, ex->conversation, &ex->result);
@@ -575,6 +620,15 @@ static void read_curl_messages(void)
 	}
 }
 
+/* Finished streams whose body did not end within the grace: done now. */
+static void end_finished(double now)
+{
+	struct stream *s;
+
+	while ((s = relay.finishing) != NULL && now - s->x.done_at >= UPSTREAM_DONE_GRACE_S)
+		to_store(s, CURLE_OK); /* unlinks it */
+}
+
 /* Every TICK_S: pings, idle upstreams, clients gone while nothing was
  * written, streams that will not take their last bytes, shutdown. */
 static void tick(double now)
@@ -617,6 +671,9 @@ static void *loop_main(void *arg)
 
 		if (relay.curl_deadline >= 0 && relay.curl_deadline - now < wait_s)
 			wait_s = relay.curl_deadline - now;
+		if (relay.finishing &&
+		    relay.finishing->x.done_at + UPSTREAM_DONE_GRACE_S - now < wait_s)
+			wait_s = relay.finishing->x.done_at + UPSTREAM_DONE_GRACE_S - now;
 		timeout_ms = wait_s <= 0 ? 0 : (int)(wait_s * 1e3) + 1;
 		n = epoll_wait(relay.epfd, ev, EVENTS, timeout_ms);
 		if (n < 0 && errno != EINTR) {
@@ -658,6 +715,7 @@ static void *loop_main(void *arg)
 			curl_multi_socket_action(relay.multi, CURL_SOCKET_TIMEOUT, 0, &running);
 		}
 		read_curl_messages();
+		end_finished(now);
 		if (now >= next_tick) {
 			tick(now);
 			next_tick = now + TICK_S;
@@ -707,6 +765,7 @@ int relay_submit(struct request *r, struct exchange *ex)
 	call.messages = msgs;
 	call.nmessages = n;
 	call.on_content = on_content;
+	call.on_done = on_done;
 	call.ctx = s;
 	call.idle_timeout = config.upstream_idle_timeout;
 	call.client_fd = -1; /* the loop watches the connection itself */

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "buf.h"
+#include "utf8.h"
 
 struct worker;
 
@@ -79,6 +80,5 @@ int request_decode_body(const char *body, size_t n, const char *content_type, cJ
 /* Helpers shared with the tests and fuzzers. */
 int url_decode(const char *s, size_t n, struct buf *out);
 int form_lookup(const char *qs, const char *name, struct buf *out);
-int utf8_valid(const char *s, size_t n);
 
 #endif

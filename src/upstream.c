@@ -24,6 +24,7 @@
 #include "log.h"
 #include "ndjson.h"
 #include "server.h"
+#include "utf8.h"
 
 #define LINE_MAX_BYTES (4u << 20)  /* one NDJSON line */
 #define ERROR_BODY_MAX (64u << 10) /* body of a non-2xx answer we keep */
@@ -113,6 +114,7 @@ void upstream_xfer_init(struct upstream_xfer *x)
 	ndjson_init(&x->nd, LINE_MAX_BYTES);
 	buf_init(&x->error_body, ERROR_BODY_MAX);
 	buf_init(&x->request_body, 64u << 20);
+	buf_init(&x->piece, LINE_MAX_BYTES + sizeof x->tail);
 }
 
 void upstream_xfer_free(struct upstream_xfer *x)
@@ -120,6 +122,7 @@ void upstream_xfer_free(struct upstream_xfer *x)
 	ndjson_free(&x->nd);
 	buf_free(&x->error_body);
 	buf_free(&x->request_body);
+	buf_free(&x->piece);
 }
 
 void upstream_free(struct upstream *u)
@@ -152,6 +155,7 @@ static void fail_with(struct upstream_xfer *s, enum metrics_upstream_error kind,
 static void fail_with(struct upstream_xfer *s, enum metrics_upstream_error kind, const char *fmt,
 		      ...)
 {
+	char text[sizeof s->res->error * 2];
 	va_list ap;
 
 	if (s->failed)
@@ -159,8 +163,11 @@ static void fail_with(struct upstream_xfer *s, enum metrics_upstream_error kind,
 	s->failed = 1;
 	s->res->kind = kind;
 	va_start(ap, fmt);
-	vsnprintf(s->res->error, sizeof s->res->error, fmt, ap);
+	vsnprintf(text, sizeof text, fmt, ap);
 	va_end(ap);
+	/* The model's words may be invalid UTF-8 or longer than the room:
+	 * repaired, and cut between characters. */
+	utf8_copy(s->res->error, sizeof s->res->error, text);
 }
 
 static long long counter(const cJSON *o, const char *name)
@@ -184,17 +191,77 @@ static void keep_counters(struct upstream_result *res, const cJSON *o)
 		snprintf(res->done_reason, sizeof res->done_reason, "%s", reason->valuestring);
 }
 
+/* cJSON turns "\u0000" (and a raw NUL) inside a string into a C string
+ * that ends early, silently cutting the text after it.  A copy of the
+ * line with each one written as "\ufffd" instead; NULL when the line
+ * has none (the usual case) or memory ran out (*oom set). */
+static char *without_nul(const char *line, size_t n, size_t *outlen, int *oom)
+{
+	struct buf b;
+	size_t i, run = 0;
+	int in_string = 0;
+
+	*oom = 0;
+	if (!memchr(line, '\0', n) && !memmem(line, n, "u0000", 5))
+		return NULL;
+	buf_init(&b, 6 * n + 1);
+	for (i = 0; i < n; i++) {
+		const char *nul = NULL;
+		size_t skip = 1;
+
+		if (line[i] == '\0') {
+			nul = "\\ufffd";
+		} else if (!in_string) {
+			in_string = line[i] == '"';
+		} else if (line[i] == '"') {
+			in_string = 0;
+		} else if (line[i] == '\\' && i + 1 < n) {
+			if (line[i + 1] == 'u' && i + 5 < n &&
+			    memcmp(line + i + 2, "0000", 4) == 0) {
+				nul = "\\ufffd";
+				skip = 6;
+			} else {
+				i++; /* the escaped character */
+			}
+		}
+		if (!nul)
+			continue;
+		if (buf_append(&b, line + run, i - run) != BUF_OK || buf_puts(&b, nul) != BUF_OK) {
+			*oom = 1;
+			buf_free(&b);
+			return NULL;
+		}
+		i += skip - 1;
+		run = i + 1;
+	}
+	if (buf_append(&b, line + run, n - run) != BUF_OK) {
+		*oom = 1;
+		buf_free(&b);
+		return NULL;
+	}
+	*outlen = b.len;
+	return buf_steal(&b);
+}
+
 int upstream_line_decode(const char *line, size_t n, struct upstream_line *out)
 {
 	const cJSON *msg, *content, *err, *done;
-
-	const char *end = NULL;
+	const char *end = NULL, *text;
+	char *copy;
+	size_t len;
+	int oom;
 
 	memset(out, 0, sizeof *out);
-	out->json = cJSON_ParseWithLengthOpts(line, n, &end, 0);
-	while (out->json && end < line + n && (*end == ' ' || *end == '\t' || *end == '\r'))
+	copy = without_nul(line, n, &n, &oom);
+	if (oom)
+		return -1;
+	text = copy ? copy : line;
+	out->json = cJSON_ParseWithLengthOpts(text, n, &end, 0);
+	while (out->json && end < text + n && (*end == ' ' || *end == '\t' || *end == '\r'))
 		end++;
-	if (!cJSON_IsObject(out->json) || end != line + n)
+	len = (size_t)(end - text);
+	free(copy);
+	if (!cJSON_IsObject(out->json) || len != n)
 		return -1; /* not one object, or something after it */
 	err = cJSON_GetObjectItemCaseSensitive(out->json, "error");
 	if (err) {
@@ -216,6 +283,43 @@ int upstream_line_decode(const char *line, size_t n, struct upstream_line *out)
 	return 0;
 }
 
+/* Hand a piece of content on as valid UTF-8.  A character split between
+ * two pieces is joined again (the start waits in s->tail); anything else
+ * invalid becomes U+FFFD.  The usual piece is valid and whole, and goes
+ * on as it is.  flush: the reply ends here, so a waiting start is
+ * invalid too.  0, or -1 when the receiver asked to stop. */
+static int give_content(struct upstream_xfer *s, const char *text, size_t n, int flush)
+{
+	const char *p = text;
+	size_t keep;
+
+	if (s->tail_len == 0 && utf8_valid(text, n))
+		return n && s->call.on_content(s->call.ctx, text, n) < 0 ? -1 : 0;
+	buf_reset(&s->piece);
+	if (buf_append(&s->piece, s->tail, s->tail_len) != BUF_OK ||
+	    buf_append(&s->piece, text, n) != BUF_OK)
+		return -1;
+	p = s->piece.data;
+	n = s->piece.len;
+	keep = flush ? 0 : utf8_incomplete_tail(p, n);
+	memcpy(s->tail, p + n - keep, keep);
+	s->tail_len = keep;
+	n -= keep;
+	if (!utf8_valid(p, n)) {
+		struct buf fixed;
+		int rc;
+
+		buf_init(&fixed, 3 * n + 1);
+		rc = utf8_sanitize(&fixed, p, n) < 0 ||
+				     s->call.on_content(s->call.ctx, fixed.data, fixed.len) < 0
+			     ? -1
+			     : 0;
+		buf_free(&fixed);
+		return rc;
+	}
+	return n && s->call.on_content(s->call.ctx, p, n) < 0 ? -1 : 0;
+}
+
 /* One NDJSON line of a 2xx answer. */
 static int parse_line(void *ctx, const char *line, size_t n)
 {
@@ -233,12 +337,16 @@ static int parse_line(void *ctx, const char *line, size_t n)
 			  "The language model sent a malformed response line.");
 	} else if (l.error) {
 		fail_with(s, METRICS_UE_ERROR_LINE, "%s", l.error);
-	} else if (l.len && s->call.on_content(s->call.ctx, l.content, l.len) < 0) {
+	} else if ((l.len || (l.done && s->tail_len)) &&
+		   give_content(s, l.content ? l.content : "", l.len, l.done) < 0) {
 		s->stopped = 1;
 	} else {
 		if (l.done) {
 			s->done = 1;
+			s->done_at = upstream_now();
 			keep_counters(s->res, l.json);
+			if (s->call.on_done)
+				s->call.on_done(s->call.ctx);
 		}
 		rc = 0;
 	}
@@ -286,6 +394,8 @@ static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off
 	double t = upstream_now();
 
 	(void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+	if (s->done && t - s->done_at > UPSTREAM_DONE_GRACE_S)
+		return 1; /* finished; the body's end never came */
 	if (peer_closed(c->client_fd)) {
 		s->stopped = 1; /* nobody is waiting for the answer any more */
 		return 1;
@@ -359,6 +469,7 @@ int upstream_xfer_prepare(struct upstream_xfer *x, const struct upstream_call *c
 	x->curl_error[0] = '\0';
 	ndjson_reset(&x->nd);
 	buf_reset(&x->error_body);
+	x->tail_len = 0;
 	if (!c || build_body(&x->request_body, call) < 0) {
 		res->outcome = UPSTREAM_FAILED;
 		res->kind = METRICS_UE_OTHER;
@@ -419,7 +530,9 @@ int upstream_xfer_finish(struct upstream_xfer *s, CURLcode cc)
 		s->http_status = res->http_status;
 		fail_http(s);
 	}
-	if (!s->failed && cc != CURLE_OK) {
+	/* After the model's last line a transfer may be ended by us (the body
+	 * stayed open) or break: the answer is whole either way. */
+	if (!s->failed && cc != CURLE_OK && !s->done) {
 		if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST ||
 		    cc == CURLE_OPERATION_TIMEDOUT)
 			fail_with(s, METRICS_UE_CONNECT,

@@ -31,9 +31,12 @@ struct upstream_message {
 struct upstream_call {
 	const struct upstream_message *messages;
 	int nmessages;
-	/* A piece of the reply, exactly as the model sent it.  Return -1 to
-	 * stop (the client left, or the reply outgrew its cap). */
+	/* A piece of the reply, as the model sent it (repaired to valid
+	 * UTF-8).  Return -1 to stop (the client left, or the reply outgrew
+	 * its cap). */
 	int (*on_content)(void *ctx, const char *text, size_t n);
+	/* The model's last line ("done": true) arrived; NULL: not wanted. */
+	void (*on_done)(void *ctx);
 	void *ctx;
 	int idle_timeout;  /* seconds of silence before giving up */
 	int total_timeout; /* seconds for the whole call, 0: none */
@@ -61,7 +64,10 @@ struct upstream_result {
 
 /* One line of Ollama's stream, decoded: the content piece, the final
  * "done", or an {"error"}.  -1 for a line that is none of these.  The
- * caller frees out->json (content and error point into it). */
+ * content holds no NUL ("\u0000", which would cut a C string, becomes
+ * U+FFFD); it may still end inside a character, which the next piece
+ * completes (see upstream_xfer.tail).  The caller frees out->json
+ * (content and error point into it). */
 struct upstream_line {
 	void *json; /* cJSON * */
 	const char *content;
@@ -82,8 +88,14 @@ struct upstream_xfer {
 	struct ndjson nd;
 	struct buf error_body;
 	struct buf request_body;
+	/* The reply as valid UTF-8: the start of a character a piece ended
+	 * in (completed by the next piece), and a piece being repaired. */
+	char tail[4];
+	size_t tail_len;
+	struct buf piece;
 	long http_status; /* 0 until the first body byte */
 	int done;	  /* saw "done": true */
+	double done_at;	  /* ... at this time */
 	int failed;	  /* res->kind/error are set */
 	int stopped;	  /* a callback (or the caller) asked to stop */
 	double started, last_data;
@@ -107,6 +119,11 @@ int upstream_xfer_prepare(struct upstream_xfer *x, const struct upstream_call *c
 /* The transfer ended with curl's code cc: decide the outcome.  0 when the
  * model finished (outcome DONE) and -1 otherwise; res says why. */
 int upstream_xfer_finish(struct upstream_xfer *x, CURLcode cc);
+
+/* Seconds a transfer may stay open after the model's last line, for the
+ * end of the HTTP body to arrive (the connection is then kept for the
+ * next call); past it the transfer is ended as finished. */
+#define UPSTREAM_DONE_GRACE_S 0.05
 
 /* Silent past the idle timeout at time now (CLOCK_MONOTONIC seconds)?
  * Then the failure is recorded and 1 returned: remove the transfer. */

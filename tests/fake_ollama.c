@@ -89,6 +89,8 @@
  *   nodone=1          end the body properly but never send done:true
  *   hang=1, hang_after=K   send headers and K tokens (default 0), then
  *                     nothing, until the client closes
+ *   linger=1          after the done line, keep the body open (no last
+ *                     chunk) until the client closes
  *   model_missing=1   404 {"error":"model \"M\" not found, try pulling it first"}
  *   garbage=1         200 with `tokens` lines of non-JSON binary bytes
  *   long_line=N       the reply is one content token of N bytes (a-z cycle)
@@ -365,7 +367,7 @@ static const char *http_date(void)
 
 struct ctl {
 	long tokens, delay_ms, first_ms, headers_ms, chunk, split_utf8, status;
-	long error_after, malformed_after, cut_after, nodone, hang, hang_after;
+	long error_after, malformed_after, cut_after, nodone, hang, hang_after, linger;
 	long model_missing, garbage, long_line;
 	char *text; /* NULL: not set; owned */
 	size_t text_len;
@@ -392,6 +394,7 @@ static const struct ctl_num {
 	{"nodone", offsetof(struct ctl, nodone), 0, 1, 0, 1},
 	{"hang", offsetof(struct ctl, hang), 0, 1, 0, 1},
 	{"hang_after", offsetof(struct ctl, hang_after), 0, 10000000, 0, 0},
+	{"linger", offsetof(struct ctl, linger), 0, 1, 0, 1},
 	{"model_missing", offsetof(struct ctl, model_missing), 0, 1, 0, 1},
 	{"garbage", offsetof(struct ctl, garbage), 0, 1, 0, 1},
 	{"long_line", offsetof(struct ctl, long_line), 0, LONG_LINE_MAX, 0, 0},
@@ -1267,6 +1270,10 @@ static int job_slot(struct conn *c)
 			if (line_final(j, "", 0) < 0 || buf_add(&g_line, "\n", 1) < 0 ||
 			    emit_chunk(c, g_line.p, g_line.len) < 0)
 				return -1;
+		}
+		if (j->ctl.linger) {
+			j->phase = PH_HANG; /* the body never ends */
+			return 0;
 		}
 		return job_end(c, 200);
 	} else {

@@ -14,7 +14,8 @@
  *   - with no error, ndjson_pending() is the length of the unterminated
  *     tail;
  *   - upstream_line_decode() returns 0 only for an object, and then gives
- *     an error, or a content string (len == strlen) and/or done.
+ *     an error, or a content string (len == strlen: "\u0000"
+ *     does not cut it) and/or done.
  *
  * Input: byte 0 picks the line maximum, byte 1 (low 3 bits) a line after
  * which the callback stops (0: never), byte 2 (low 4 bits) the number of
