@@ -57,3 +57,15 @@ CREATE TABLE login_failures (
     failures     INTEGER NOT NULL,
     window_start INTEGER NOT NULL              -- unix seconds
 );
+
+-- migrate: 4
+-- Stream tickets (src/tickets.c): short-lived, single-use credentials for
+-- EventSource, which cannot send an Authorization header.  Only a hash of
+-- each ticket is kept, so this table holds nothing a client could use.
+CREATE TABLE stream_tickets (
+    hash       BLOB    PRIMARY KEY,            -- crypto_generichash (BLAKE2b-256) of the ticket
+    user_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    expires_at INTEGER NOT NULL                -- unix milliseconds
+) WITHOUT ROWID;
+CREATE INDEX stream_tickets_by_user ON stream_tickets (user_id);
+CREATE INDEX stream_tickets_by_expiry ON stream_tickets (expires_at);
