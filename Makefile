@@ -23,7 +23,12 @@ UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/t
 PKGS_BUILD := gcc make libc6-dev libfcgi-dev libcurl4-openssl-dev libcjson-dev \
               libsqlite3-dev libsodium-dev libssl-dev
 PKGS_RUN   := spawn-fcgi nginx-light sqlite3 curl ca-certificates
-PKGS_TEST  := python3 valgrind prometheus clang libclang-rt-14-dev
+PKGS_TEST  := python3 valgrind prometheus clang libclang-rt-14-dev chromium
+
+# The browser test (tests/integration/test_browser.py) drives Debian's
+# chromium with playwright-core, pinned in tests/browser/package-lock.json.
+# Debian's node and npm come only where the machine has no node.
+BROWSER_MODULES := tests/browser/node_modules/.package-lock.json
 
 .PHONY: all help deps deps-test run stop test asan unit integration valgrind \
         clean format bench fuzz soak
@@ -92,6 +97,12 @@ deps:
 deps-test:
 	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(PKGS_TEST)"
 
+$(BROWSER_MODULES): tests/browser/package.json tests/browser/package-lock.json
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || \
+		$(MAKE) --no-print-directory deps EXTRA_PKGS="nodejs npm"
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 run: deps
 	@$(MAKE) --no-print-directory all
 	@spawn/jarvasctl run
@@ -102,11 +113,11 @@ stop:
 unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do $$t; done
 
-integration: all tests/bench/loadgen
+integration: all tests/bench/loadgen $(BROWSER_MODULES)
 	python3 tests/integration/run.py
 
 test: deps-test
-	@$(MAKE) --no-print-directory all unit
+	@$(MAKE) --no-print-directory all unit $(BROWSER_MODULES)
 	@$(MAKE) --no-print-directory integration
 	FUZZ_SECONDS=5 tests/fuzz/run.sh
 	tests/valgrind/run.sh
@@ -124,7 +135,7 @@ fuzz: deps-test
 soak: all
 	python3 tests/soak/soak.py
 
-asan: deps-test tests/bench/loadgen
+asan: deps-test tests/bench/loadgen $(BROWSER_MODULES)
 	@rm -f build/asan/asan.* build/asan/ubsan.*
 	@$(MAKE) --no-print-directory all BUILD=build/asan BIN=build/asan/cgi-bin \
 		CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"

@@ -92,3 +92,15 @@ INSERT INTO health_probe (id, checked_at) VALUES (1, 0);
 -- login_failures keys from here on (src/throttle.h): "pair:<addr>|<name>"
 -- per address and username, "addr:<addr>", and "user:<name>" for the
 -- per-username ceiling; a part over 150 bytes is its SHA-256, "#<hex>".
+
+-- migrate: 4
+-- Stream tickets (src/tickets.c): short-lived, single-use credentials for
+-- EventSource, which cannot send an Authorization header.  Only a hash of
+-- each ticket is kept, so this table holds nothing a client could use.
+CREATE TABLE stream_tickets (
+    hash       BLOB    PRIMARY KEY,            -- crypto_generichash (BLAKE2b-256) of the ticket
+    user_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    expires_at INTEGER NOT NULL                -- unix milliseconds
+) WITHOUT ROWID;
+CREATE INDEX stream_tickets_by_user ON stream_tickets (user_id);
+CREATE INDEX stream_tickets_by_expiry ON stream_tickets (expires_at);

@@ -10,6 +10,7 @@
 #include "config.h"
 #include "jwt.h"
 #include "response.h"
+#include "tickets.h"
 
 static const char not_valid[] = "Given token not valid for any token type";
 const char auth_password_changed[] = "The user's password has been changed.";
@@ -91,19 +92,50 @@ static int bearer_token(struct request *r, const char *header, struct buf *token
 	return 0;
 }
 
+int auth_user(struct request *r, long long user_id, struct user *u)
+{
+	struct db *d = db_acquire();
+	int found = d ? users_by_id(d, user_id, u) : -1;
+
+	db_release(d);
+	if (found < 0) {
+		resp_detail(r, 503, "Database unavailable.");
+		return -1;
+	}
+	if (found == 0) {
+		resp_detail_code(r, 401, "User not found", "user_not_found");
+		return -1;
+	}
+	if (!u->active) {
+		users_clear(u);
+		resp_detail_code(r, 401, "User is inactive", "user_inactive");
+		return -1;
+	}
+	r->user_id = u->id;
+	return 0;
+}
+
 int auth_require(struct request *r, int allow_query, struct user *u)
 {
 	const char *header = request_param(r, "HTTP_AUTHORIZATION");
 	struct jwt_claims claims;
 	struct buf token;
-	struct db *d;
-	int rc = 1, found;
+	int rc = 1;
 
 	buf_init(&token, JWT_MAX_LEN);
 	if (header)
 		rc = bearer_token(r, header, &token);
 	if (rc < 0)
 		goto fail;
+	/* A ticket is a credential of its own (tickets.c). */
+	if (allow_query) {
+		int t = tickets_authenticate(r, rc == 0, u);
+
+		if (t <= 0) {
+			buf_free(&token);
+			return t;
+		}
+	}
 	if (rc == 1 && allow_query) {
 		rc = request_query(r, "access_token", &token);
 		if (rc < 0) {
@@ -120,26 +152,8 @@ int auth_require(struct request *r, int allow_query, struct user *u)
 		resp_detail_code(r, 401, not_valid, "token_not_valid");
 		goto fail;
 	}
-	d = db_acquire();
-	if (!d) {
-		resp_detail(r, 503, "Database unavailable.");
+	if (auth_user(r, claims.user_id, u) < 0)
 		goto fail;
-	}
-	found = users_by_id(d, claims.user_id, u);
-	db_release(d);
-	if (found < 0) {
-		resp_detail(r, 503, "Database unavailable.");
-		goto fail;
-	}
-	if (found == 0) {
-		resp_detail_code(r, 401, "User not found", "user_not_found");
-		goto fail;
-	}
-	if (!u->active) {
-		users_clear(u);
-		resp_detail_code(r, 401, "User is inactive", "user_inactive");
-		goto fail;
-	}
 	/* Against the hash stored now, on every request: the verified-token
 	 * cache above remembers the claim, never the verdict. */
 	if (!auth_claim_matches(&claims, u)) {
@@ -147,7 +161,6 @@ int auth_require(struct request *r, int allow_query, struct user *u)
 		resp_detail_code(r, 401, auth_password_changed, "password_changed");
 		goto fail;
 	}
-	r->user_id = u->id;
 	buf_free(&token);
 	return 0;
 fail:

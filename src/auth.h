@@ -19,8 +19,13 @@ extern const char auth_password_changed[];
  * password hash (SimpleJWT's revoke check), else 0. */
 int auth_claim_matches(const struct jwt_claims *claims, const struct user *u);
 
-/* allow_query: also accept ?access_token= (EventSource cannot set
- * headers).  0 with *u filled (caller runs users_clear), or -1. */
+/* allow_query: also accept ?access_token= or a stream ticket, ?ticket=
+ * (EventSource cannot set headers).  0 with *u filled (caller runs
+ * users_clear), or -1. */
 int auth_require(struct request *r, int allow_query, struct user *u);
+
+/* The user a credential named: load it, check it is active and set
+ * r->user_id.  0 with *u filled, or -1 (401/503 answered). */
+int auth_user(struct request *r, long long user_id, struct user *u);
 
 #endif

@@ -317,6 +317,7 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 	INT_SETTING(config.history_limit, "JARVAS_HISTORY_LIMIT", 12, 0, 1000);
 	INT_SETTING(config.access_lifetime, "JARVAS_ACCESS_LIFETIME", 300, 1, 365L * 86400);
 	INT_SETTING(config.refresh_lifetime, "JARVAS_REFRESH_LIFETIME", 86400, 1, 3650L * 86400);
+	INT_SETTING(config.stream_ticket_lifetime, "JARVAS_STREAM_TICKET_LIFETIME", 60, 1, 3600);
 	INT_SETTING(config.db_pool, "JARVAS_DB_POOL", 16, 1, 256);
 	INT_SETTING(config.stack_size, "JARVAS_STACK_KIB", 256, 64, 65536);
 	config.stack_size *= 1024;

@@ -34,6 +34,7 @@ struct config {
 	int history_limit;
 	long access_lifetime; /* seconds */
 	long refresh_lifetime;
+	long stream_ticket_lifetime;  /* seconds, for an unused stream ticket */
 	int workers;		      /* threads per process */
 	int streams_max;	      /* open streams per chat_stream process */
 	int db_pool;		      /* SQLite connections per process */

@@ -1,14 +1,17 @@
 /*
- * chat_stream — the streaming responder: /api/chat/stream/.  Only wiring;
- * the work is in stream.c (setting a stream up, in a worker thread) and
- * relay.c (every open stream, in one event-loop thread).
+ * chat_stream — the streaming responder: /api/chat/stream/ and its
+ * tickets.  Only wiring; the work is in stream.c (setting a stream up, in
+ * a worker thread), relay.c (every open stream, in one event-loop thread)
+ * and tickets.c (the credentials EventSource can carry).
  */
 #include "metrics.h"
 #include "server.h"
 #include "stream.h"
+#include "tickets.h"
 
 static const struct route routes[] = {
 	{"/api/chat/stream", METRICS_EP_STREAM, stream_get, stream_post, NULL},
+	{"/api/chat/stream/ticket", METRICS_EP_STREAM_TICKET, NULL, tickets_post, NULL},
 };
 
 int main(void)

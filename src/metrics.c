@@ -22,15 +22,15 @@
 #include "log.h"
 
 #define METRICS_MAGIC 0x6a617276u /* "jarv" */
-#define METRICS_VERSION 1
+#define METRICS_VERSION 2	  /* 2: the chat_stream_ticket endpoint */
 
 static const int status_codes[] = {200, 204, 400, 401, 403, 404, 405,
 				   413, 415, 429, 500, 502, 503, 504};
 #define NSTATUS (sizeof status_codes / sizeof status_codes[0] + 1) /* + other */
 
 static const char *const endpoint_names[METRICS_EP_COUNT] = {
-	"token",  "token_refresh", "token_verify", "chat",  "chat_history",
-	"health", "metrics",	   "chat_stream",  "other",
+	"token",   "token_refresh", "token_verify",	  "chat",  "chat_history", "health",
+	"metrics", "chat_stream",   "chat_stream_ticket", "other",
 };
 static const char *const upstream_error_names[METRICS_UE_COUNT] = {
 	"connect", "http_status", "error_line", "malformed", "cut", "timeout", "other",

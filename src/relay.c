@@ -487,6 +487,8 @@ static void settle(struct stream *s)
 {
 	struct exchange *ex = s->ex;
 	int complete = ex->result.outcome == UPSTREAM_DONE, rc = 0;
+	long long id = ex->message_id;
+	int seq = s->seq + 1; /* the last event's id follows the chunks' */
 	const char *outcome;
 	long at;
 
@@ -496,17 +498,18 @@ static void settle(struct stream *s)
 	 * one who opens the next stream on `done` must find it free. */
 	exchange_release_slot(ex);
 	if (rc < 0 && !gone(s))
-		rc = sse_error(&s->tail, "The reply could not be saved; please retry.");
+		rc = sse_error(&s->tail, id, seq, "The reply could not be saved; please retry.");
 	else if (complete)
-		rc = sse_done(&s->tail, ex->message_id, ex->conversation, &ex->result);
+		rc = sse_done(&s->tail, id, seq, ex->conversation, &ex->result);
 	else if (s->restarting)
-		rc = sse_error(&s->tail, "The server is restarting; please retry in a moment.");
+		rc = sse_error(&s->tail, id, seq,
+			       "The server is restarting; please retry in a moment.");
 	else if (ex->result.outcome == UPSTREAM_FAILED)
-		rc = sse_error(&s->tail, ex->result.error);
+		rc = sse_error(&s->tail, id, seq, ex->result.error);
 	else if (!gone(s))
 		/* Stopped by us with the client still there: the reply outgrew
 		 * its buffer.  Never end a stream without done or error. */
-		rc = sse_error(&s->tail, "The reply was too long and was stopped.");
+		rc = sse_error(&s->tail, id, seq, "The reply was too long and was stopped.");
 	if (at >= 0 && (size_t)at + FCGI_WIRE_HEADER == s->tail.len)
 		s->tail.len = (size_t)at; /* no event: an empty record would end stdout */
 	else if (rc < 0 || at < 0 || fcgi_wire_stdout_end(&s->tail, at, s->request_id) < 0)

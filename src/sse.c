@@ -10,18 +10,6 @@
 #include "response.h"
 #include "upstream.h"
 
-int sse_start(struct request *r)
-{
-	if (resp_headers(r, 200, "text/event-stream; charset=utf-8", -1,
-			 "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") < 0)
-		return -1;
-	/* nginx holds the headers back until body bytes follow; a comment
-	 * gets them to the browser now, not with the first token. */
-	if (resp_write(r, ": connected\n\n", 13) < 0)
-		return -1;
-	return resp_flush(r);
-}
-
 /* Append n in decimal (buf_printf's vsnprintf costs more than the rest
  * of a chunk's formatting). */
 static int put_decimal(struct buf *out, unsigned long long n)
@@ -35,43 +23,80 @@ static int put_decimal(struct buf *out, unsigned long long n)
 	return buf_append(out, digits + i, sizeof digits - i);
 }
 
-int sse_chunk(struct buf *out, long long message_id, int seq, const char *text, size_t n)
+/* "id: <message_id>:<seq>\n" */
+static int put_id(struct buf *out, long long message_id, int seq)
 {
-	static const char data[] = "\ndata: {\"type\": \"chunk\", \"content\": \"";
-
-	if (buf_puts(out, "id: ") != BUF_OK || message_id < 0 || seq < 0 ||
+	if (message_id < 0 || seq < 0 || buf_puts(out, "id: ") != BUF_OK ||
 	    put_decimal(out, (unsigned long long)message_id) != BUF_OK ||
 	    buf_putc(out, ':') != BUF_OK || put_decimal(out, (unsigned long long)seq) != BUF_OK ||
-	    buf_append(out, data, sizeof data - 1) != BUF_OK || buf_json_escape(out, text, n) < 0 ||
-	    buf_puts(out, "\"}\n\n") != BUF_OK)
+	    buf_putc(out, '\n') != BUF_OK)
 		return -1;
 	return 0;
 }
 
-/* ", \"name\": N" for a counter the model reported. */
-static void add_counter(struct buf *b, const char *name, long long v)
+int sse_start(struct request *r, long long message_id)
 {
-	if (v >= 0)
-		buf_printf(b, ", \"%s\": %lld", name, v);
+	struct buf pre;
+	int rc = -1;
+
+	/* nginx holds the headers back until body bytes follow; the preamble
+	 * gets them to the browser now, not with the first token.  An id
+	 * without data dispatches no event but still sets the browser's last
+	 * event id (WHATWG "dispatch the event", step 1). */
+	buf_init(&pre, 128);
+	if (buf_printf(&pre, ": connected\nretry: %d\n", SSE_RETRY_MS) != BUF_OK ||
+	    put_id(&pre, message_id, 0) < 0 || buf_putc(&pre, '\n') != BUF_OK)
+		goto out;
+	if (resp_headers(r, 200, "text/event-stream; charset=utf-8", -1,
+			 "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") < 0 ||
+	    resp_write(r, pre.data, pre.len) < 0)
+		goto out;
+	rc = resp_flush(r);
+out:
+	buf_free(&pre);
+	return rc;
 }
 
-int sse_done(struct buf *out, long long message_id, const char *conversation,
+int sse_chunk(struct buf *out, long long message_id, int seq, const char *text, size_t n)
+{
+	static const char data[] = "data: {\"type\": \"chunk\", \"content\": \"";
+
+	if (put_id(out, message_id, seq) < 0 || buf_append(out, data, sizeof data - 1) != BUF_OK ||
+	    buf_json_escape(out, text, n) < 0 || buf_puts(out, "\"}\n\n") != BUF_OK)
+		return -1;
+	return 0;
+}
+
+/* ", \"name\": N" for a counter the model reported.  0 or -1. */
+static int add_counter(struct buf *b, const char *name, long long v)
+{
+	if (v < 0)
+		return 0;
+	return buf_printf(b, ", \"%s\": %lld", name, v) == BUF_OK ? 0 : -1;
+}
+
+int sse_done(struct buf *out, long long message_id, int seq, const char *conversation,
 	     const struct upstream_result *res)
 {
-	buf_printf(out,
-		   "event: done\ndata: {\"finished\": true, \"conversation_id\": \"%s\", "
-		   "\"message_id\": %lld",
-		   conversation, message_id); /* conversation ids are [A-Za-z0-9_-] */
-	add_counter(out, "eval_count", res->eval_count);
-	add_counter(out, "prompt_eval_count", res->prompt_eval_count);
-	add_counter(out, "total_duration", res->total_duration);
-	add_counter(out, "eval_duration", res->eval_duration);
-	return buf_puts(out, "}\n\n") == BUF_OK ? 0 : -1;
+	if (put_id(out, message_id, seq) < 0 ||
+	    buf_printf(out,
+		       "event: done\ndata: {\"finished\": true, \"conversation_id\": \"%s\", "
+		       "\"message_id\": %lld",
+		       conversation, /* conversation ids are [A-Za-z0-9_-] */
+		       message_id) != BUF_OK ||
+	    add_counter(out, "eval_count", res->eval_count) < 0 ||
+	    add_counter(out, "prompt_eval_count", res->prompt_eval_count) < 0 ||
+	    add_counter(out, "total_duration", res->total_duration) < 0 ||
+	    add_counter(out, "eval_duration", res->eval_duration) < 0 ||
+	    buf_puts(out, "}\n\n") != BUF_OK)
+		return -1;
+	return 0;
 }
 
-int sse_error(struct buf *out, const char *message)
+int sse_error(struct buf *out, long long message_id, int seq, const char *message)
 {
-	if (buf_puts(out, "event: error\ndata: {\"type\": \"error\", \"message\": \"") != BUF_OK ||
+	if (put_id(out, message_id, seq) < 0 ||
+	    buf_puts(out, "event: error\ndata: {\"type\": \"error\", \"message\": \"") != BUF_OK ||
 	    buf_json_escape(out, message, strlen(message)) < 0 ||
 	    buf_puts(out, "\"}\n\n") != BUF_OK)
 		return -1;

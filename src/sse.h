@@ -6,6 +6,13 @@
  * into bytes that relay.c frames and writes itself.  JSON escaping keeps
  * the framing intact: a newline in the model's text can never end an
  * event early.
+ *
+ * Every stream carries event ids from its first bytes on: the preamble
+ * sets "<message_id>:0", chunks count from 1, and the closing done or
+ * error event takes the next number.  So a browser that reconnects after
+ * any end, even a failure before the first token, sends Last-Event-ID
+ * (answered with 204, which stops EventSource) instead of the same
+ * message again.
  */
 #ifndef JARVAS_SSE_H
 #define JARVAS_SSE_H
@@ -20,14 +27,20 @@ struct upstream_result;
 /* A comment line: keeps proxies and browsers from timing out. */
 #define SSE_PING ": ping\n\n"
 
-/* Status 200, the event-stream headers and a first comment, flushed.
- * 0, or -1 once the client is gone. */
-int sse_start(struct request *r);
+/* The reconnection delay a browser is told to use (the retry: field), so
+ * that a client that does reconnect backs off instead of hammering. */
+#define SSE_RETRY_MS 3000
 
-/* Append one event to out.  0, or -1 (out of memory or past out's cap). */
+/* Status 200, the event-stream headers and the preamble (a comment, the
+ * retry time and the id "<message_id>:0"), flushed.  0, or -1 once the
+ * client is gone. */
+int sse_start(struct request *r, long long message_id);
+
+/* Append one event with the id "<message_id>:<seq>" to out.  0, or -1
+ * (out of memory or past out's cap). */
 int sse_chunk(struct buf *out, long long message_id, int seq, const char *text, size_t n);
-int sse_done(struct buf *out, long long message_id, const char *conversation,
+int sse_done(struct buf *out, long long message_id, int seq, const char *conversation,
 	     const struct upstream_result *res);
-int sse_error(struct buf *out, const char *message);
+int sse_error(struct buf *out, long long message_id, int seq, const char *message);
 
 #endif

@@ -21,12 +21,12 @@
 /* The 200 is out but the relay could not take the stream: end it with
  * an error event through libfcgi.  Nothing went upstream, nothing is
  * stored. */
-static void fail_started(struct request *r)
+static void fail_started(struct request *r, long long message_id)
 {
 	struct buf ev;
 
 	buf_init(&ev, 4096);
-	if (sse_error(&ev, "Out of memory, please retry.") == 0 &&
+	if (sse_error(&ev, message_id, 1, "Out of memory, please retry.") == 0 &&
 	    resp_write(r, ev.data, ev.len) == 0)
 		resp_flush(r);
 	buf_free(&ev);
@@ -54,10 +54,10 @@ static void stream_run(struct request *r, int from_query)
 		relay_unreserve();
 		return;
 	}
-	if (exchange_begin(ex, r, from_query, 1) == 0 && sse_start(r) == 0) {
+	if (exchange_begin(ex, r, from_query, 1) == 0 && sse_start(r, ex->message_id) == 0) {
 		if (relay_submit(r, ex) == 0)
 			return; /* the relay has ex, the connection and the place */
-		fail_started(r);
+		fail_started(r, ex->message_id);
 	}
 	exchange_end(ex);
 	free(ex);

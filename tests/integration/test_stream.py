@@ -9,6 +9,7 @@ Timing assertions measure arrival times stamped by the harness's SSE reader;
 the only tight bound is the one API.md promises (upstream aborted within 2 s
 of the client leaving); everything else has generous bounds."""
 
+import json
 import os
 import re
 import socket
@@ -722,6 +723,89 @@ def test_last_event_id_gets_204_and_nothing_happens(stack, case):
     assert fake_requests_with(stack, mark) == [], "a reconnect was sent upstream"
     assert stack.sqlite("SELECT count(*) FROM messages WHERE user_id = ?",
                         (user["user_id"],)) == [(0,)]
+
+
+def raw_blocks(body):
+    """The blocks of a raw event stream (as this server frames them: LF,
+    blank line between blocks), each a dict of its fields, comments left
+    out; a block of comments only is left out too."""
+    blocks = []
+    for block in body.decode().split("\n\n"):
+        fields = {}
+        for line in block.split("\n"):
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+        if fields:
+            blocks.append(fields)
+    return blocks
+
+
+def event_ids(blocks, what):
+    """[(message_id, seq)] of every block, which must each carry an id."""
+    ids = []
+    for b in blocks:
+        m = re.fullmatch(r"(\d+):(\d+)", b.get("id", ""))
+        assert m, f"{what}: a block without an id of the form <message_id>:<seq>: {b}"
+        ids.append((int(m.group(1)), int(m.group(2))))
+    return ids
+
+
+# name, method, fake keys, chunks, how it ends
+ENDINGS = [
+    ("http_500_before_any_token", "GET", dict(status=500), 0, "error"),
+    ("model_missing", "GET", dict(model_missing=1), 0, "error"),
+    ("error_line_before_any_token", "GET", dict(tokens=3, error_after=0), 0, "error"),
+    ("cut_before_any_token", "GET", dict(tokens=3, cut_after=0), 0, "error"),
+    ("http_503_post", "POST", dict(status=503), 0, "error"),
+    ("error_line_after_2_tokens", "GET", dict(tokens=4, error_after=2), 2, "error"),
+    ("done_after_3_tokens", "GET", dict(tokens=3), 3, "done"),
+]
+
+
+@harness.cases(ENDINGS)
+def test_every_stream_carries_increasing_ids_from_its_first_bytes(stack, case):
+    """A browser that reconnects sends its last event id, and gets 204 (9.
+    above) instead of sending the message again: so even a stream that
+    fails before its first chunk must have set one, in the preamble, and
+    the end event moves it on. The preamble also tells clients to back off."""
+    name, method, keys, nchunks, end = case
+    user = shared(stack)
+    c = conv()
+    message = f"ids {name} {fake(**keys)}"
+    if method == "GET":
+        r = stack.request("GET", STREAM + query(message=message, conversation_id=c),
+                          token=user["access"])
+    else:
+        r = stack.request("POST", STREAM, json={"message": message, "conversation_id": c},
+                          token=user["access"])
+    assert r.status == 200, r
+    blocks = raw_blocks(r.body)
+    assert blocks, f"no fields at all: {r.body[:300]!r}"
+    pre = blocks[0]
+    assert "data" not in pre and "event" not in pre, f"the preamble is an event: {pre}"
+    assert pre.get("retry", "").isdigit() and int(pre["retry"]) >= 1000, \
+        f"no retry of at least a second in the preamble: {pre}"
+    assert [b.get("event", "message") for b in blocks[1:]] == ["message"] * nchunks + [end], \
+        r.body[:600]
+    ids = event_ids(blocks, name)
+    assert len({mid for mid, _ in ids}) == 1, f"ids name several messages: {ids}"
+    assert ids[0][1] == 0, f"the preamble's id is not <message_id>:0: {ids[0]}"
+    assert all(a < b for a, b in zip(ids, ids[1:])), f"ids do not increase: {ids}"
+    if end == "done":
+        assert json.loads(blocks[-1]["data"])["message_id"] == ids[0][0], blocks[-1]
+
+
+@harness.stack_env(JARVAS_UPSTREAM_URL=f"http://127.0.0.1:{CLOSED_PORT}")
+def test_a_refused_upstream_still_gives_ids_before_the_error(stack):
+    user = shared(stack)
+    r = stack.request("GET", STREAM + query(message="ids refused", conversation_id=conv()),
+                      token=user["access"])
+    assert r.status == 200, r
+    blocks = raw_blocks(r.body)
+    assert [b.get("event") for b in blocks] == [None, "error"], r.body[:600]
+    ids = event_ids(blocks, "refused")
+    assert ids[0][1] == 0 and ids[1][0] == ids[0][0] and ids[1][1] > 0, ids
 
 
 # --- 10. errors before the stream are plain JSON ------------------------------

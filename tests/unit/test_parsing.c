@@ -242,13 +242,14 @@ static void test_sse_events(void)
 	memset(&res, 0, sizeof res);
 	res.eval_count = 5;
 	res.prompt_eval_count = res.total_duration = res.eval_duration = -1;
-	CHECK(sse_done(&b, 42, "default", &res) == 0);
-	CHECK_STR(buf_str(&b), "event: done\ndata: {\"finished\": true, \"conversation_id\": "
-			       "\"default\", \"message_id\": 42, \"eval_count\": 5}\n\n");
+	CHECK(sse_done(&b, 42, 8, "default", &res) == 0);
+	CHECK_STR(buf_str(&b), "id: 42:8\nevent: done\ndata: {\"finished\": true, "
+			       "\"conversation_id\": \"default\", \"message_id\": 42, "
+			       "\"eval_count\": 5}\n\n");
 	buf_reset(&b);
-	CHECK(sse_error(&b, "model \"x\" not found\n") == 0);
-	CHECK_STR(buf_str(&b), "event: error\ndata: {\"type\": \"error\", \"message\": "
-			       "\"model \\\"x\\\" not found\\n\"}\n\n");
+	CHECK(sse_error(&b, 42, 1, "model \"x\" not found\n") == 0);
+	CHECK_STR(buf_str(&b), "id: 42:1\nevent: error\ndata: {\"type\": \"error\", "
+			       "\"message\": \"model \\\"x\\\" not found\\n\"}\n\n");
 	/* Past the cap: -1, never a truncated event passed on as whole. */
 	buf_free(&b);
 	buf_init(&b, 16);
