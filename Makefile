@@ -19,11 +19,15 @@ LIB_SRC    := $(filter-out $(MAINS),$(wildcard src/*.c))
 LIB_OBJ    := $(LIB_SRC:src/%.c=$(BUILD)/%.o) $(BUILD)/schema.o
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 
-# Debian packages: to build, to run, and what the tests add.
+# Debian packages: to build, to run, and what the tests add.  The tests
+# also need promtool, extracted from the prometheus package into
+# $(PROMTOOL) (no Prometheus server installed; tests/integration/run.py
+# puts build/tools first on PATH).
 PKGS_BUILD := gcc make libc6-dev libfcgi-dev libcurl4-openssl-dev libcjson-dev \
               libsqlite3-dev libsodium-dev
 PKGS_RUN   := spawn-fcgi nginx-light sqlite3 curl ca-certificates
-PKGS_TEST  := python3 valgrind prometheus clang libclang-rt-14-dev
+PKGS_TEST  := python3 valgrind clang libclang-rt-14-dev
+PROMTOOL   := build/tools/promtool
 
 .PHONY: all help deps deps-test run stop test asan unit integration valgrind \
         clean format bench fuzz soak
@@ -91,6 +95,7 @@ deps:
 
 deps-test:
 	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(PKGS_TEST)"
+	@spawn/get-promtool $(PROMTOOL)
 
 run: deps
 	@$(MAKE) --no-print-directory all
