@@ -143,8 +143,6 @@ static int tty_read_secret(const char *prompt, struct buf *out)
 	int rc = -1;
 
 	buf_reset(out);
-	fputs(prompt, stderr);
-	fflush(stderr);
 	if (tcgetattr(STDIN_FILENO, &tty_saved) < 0)
 		return -1;
 	for (i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
@@ -155,6 +153,9 @@ static int tty_read_secret(const char *prompt, struct buf *out)
 	if (tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet) < 0)
 		goto out;
 	tty_quiet = 1;
+	/* Only now: what is typed once the prompt shows is never echoed. */
+	fputs(prompt, stderr);
+	fflush(stderr);
 	for (;;) {
 		n = read(STDIN_FILENO, &c, 1);
 		if (n < 0 && errno == EINTR)
