@@ -129,17 +129,22 @@ fuzz: deps-test
 soak: all
 	python3 tests/soak/soak.py
 
+# The responders run as an unprivileged user (jarvasctl as root): they
+# write their reports into a fresh world-writable directory (the checkout
+# may be out of their reach), moved to build/asan/ afterwards.
 asan: deps-test
 	@rm -f build/asan/asan.* build/asan/ubsan.*
 	@$(MAKE) --no-print-directory all BUILD=build/asan BIN=build/asan/cgi-bin \
 		CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+	@reports=$$(mktemp -d /tmp/jarvas-asan.XXXXXX) && chmod 1777 "$$reports" && \
 	JARVAS_TEST_BIN=$(CURDIR)/build/asan/cgi-bin \
-		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:log_path=$(CURDIR)/build/asan/asan \
-		UBSAN_OPTIONS=print_stacktrace=1:log_path=$(CURDIR)/build/asan/ubsan \
-		python3 tests/integration/run.py
-	@if ls build/asan/asan.* build/asan/ubsan.* >/dev/null 2>&1; then \
+		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:log_path=$$reports/asan \
+		UBSAN_OPTIONS=print_stacktrace=1:log_path=$$reports/ubsan \
+		python3 tests/integration/run.py; rc=$$?; \
+	mv "$$reports"/* build/asan/ 2>/dev/null; rmdir "$$reports"; \
+	if ls build/asan/asan.* build/asan/ubsan.* >/dev/null 2>&1; then \
 		echo "sanitizer reports:"; cat build/asan/asan.* build/asan/ubsan.* 2>/dev/null; exit 1; \
-	else echo "sanitizers: no reports"; fi
+	else echo "sanitizers: no reports"; fi; exit $$rc
 
 format:
 	clang-format -i src/*.c src/*.h tests/*.c tests/unit/*.c tests/unit/*.h tests/fuzz/*.c tests/bench/*.c
