@@ -19,11 +19,15 @@ LIB_SRC    := $(filter-out $(MAINS),$(wildcard src/*.c))
 LIB_OBJ    := $(LIB_SRC:src/%.c=$(BUILD)/%.o) $(BUILD)/schema.o
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 
-# Debian packages: to build, to run, and what the tests add.
+# Debian packages: to build, to run, and what the tests add.  The tests
+# also need promtool, extracted from the prometheus package into
+# $(PROMTOOL) (no Prometheus server installed; tests/integration/run.py
+# puts build/tools first on PATH).
 PKGS_BUILD := gcc make libc6-dev libfcgi-dev libcurl4-openssl-dev libcjson-dev \
               libsqlite3-dev libsodium-dev libssl-dev
 PKGS_RUN   := spawn-fcgi nginx-light sqlite3 curl ca-certificates
-PKGS_TEST  := python3 valgrind prometheus clang libclang-rt-14-dev chromium
+PKGS_TEST  := python3 valgrind clang libclang-rt-14-dev chromium
+PROMTOOL   := build/tools/promtool
 
 # The browser test (tests/integration/test_browser.py) drives Debian's
 # chromium with playwright-core, pinned in tests/browser/package-lock.json.
@@ -96,6 +100,7 @@ deps:
 
 deps-test:
 	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(PKGS_TEST)"
+	@spawn/get-promtool $(PROMTOOL)
 
 $(BROWSER_MODULES): tests/browser/package.json tests/browser/package-lock.json
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || \
@@ -135,17 +140,22 @@ fuzz: deps-test
 soak: all
 	python3 tests/soak/soak.py
 
+# The responders run as an unprivileged user (jarvasctl as root): they
+# write their reports into a fresh world-writable directory (the checkout
+# may be out of their reach), moved to build/asan/ afterwards.
 asan: deps-test tests/bench/loadgen $(BROWSER_MODULES)
 	@rm -f build/asan/asan.* build/asan/ubsan.*
 	@$(MAKE) --no-print-directory all BUILD=build/asan BIN=build/asan/cgi-bin \
 		CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+	@reports=$$(mktemp -d /tmp/jarvas-asan.XXXXXX) && chmod 1777 "$$reports" && \
 	JARVAS_TEST_BIN=$(CURDIR)/build/asan/cgi-bin \
-		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:log_path=$(CURDIR)/build/asan/asan \
-		UBSAN_OPTIONS=print_stacktrace=1:log_path=$(CURDIR)/build/asan/ubsan \
-		python3 tests/integration/run.py
-	@if ls build/asan/asan.* build/asan/ubsan.* >/dev/null 2>&1; then \
+		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:log_path=$$reports/asan \
+		UBSAN_OPTIONS=print_stacktrace=1:log_path=$$reports/ubsan \
+		python3 tests/integration/run.py; rc=$$?; \
+	mv "$$reports"/* build/asan/ 2>/dev/null; rmdir "$$reports"; \
+	if ls build/asan/asan.* build/asan/ubsan.* >/dev/null 2>&1; then \
 		echo "sanitizer reports:"; cat build/asan/asan.* build/asan/ubsan.* 2>/dev/null; exit 1; \
-	else echo "sanitizers: no reports"; fi
+	else echo "sanitizers: no reports"; fi; exit $$rc
 
 format:
 	clang-format -i src/*.c src/*.h tests/*.c tests/unit/*.c tests/unit/*.h tests/fuzz/*.c tests/bench/*.c

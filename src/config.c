@@ -20,7 +20,7 @@
 #include "buf.h"
 #include "log.h"
 
-#define SECRET_FD_ENV "JARVAS_SECRET_FD"
+#define SECRET_FD_ENV "_JARVAS_SECRET_FD"
 
 struct config config;
 
@@ -100,7 +100,7 @@ static int read_key_file(unsigned char **key, size_t *len, char *err, size_t err
 }
 
 /* The key a reloading image handed over (config_secret_handover()): a
- * sealed memfd whose number is in JARVAS_SECRET_FD.  Read, then closed
+ * sealed memfd whose number is in _JARVAS_SECRET_FD.  Read, then closed
  * and the variable removed whatever it held, so neither outlives startup.
  * 1 with *key set (malloc'd), 0 when there is none usable. */
 static int take_handover(unsigned char **key, size_t *len)

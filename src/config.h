@@ -63,7 +63,7 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 void config_free(void);
 
 /* Before a reload's execv: hand the key to the new image in a sealed
- * memfd (not close-on-exec) named by JARVAS_SECRET_FD, so that a
+ * memfd (not close-on-exec) named by _JARVAS_SECRET_FD, so that a
  * removed secret.key does not stop the reload; the new image's
  * config_load() takes it only when the file cannot be read.  0 or -1. */
 int config_secret_handover(void);

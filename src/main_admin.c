@@ -4,8 +4,8 @@
  *
  *   jarvas-admin init          (refuses to make a key while users exist)
  *   jarvas-admin new-key       (a new secret.key, on purpose)
- *   jarvas-admin adduser NAME     (password: one line on stdin)
- *   jarvas-admin passwd NAME      (password: one line on stdin)
+ *   jarvas-admin adduser NAME     (password: asked twice at a terminal,
+ *   jarvas-admin passwd NAME       else one line on stdin; 8+ characters)
  *   jarvas-admin deluser NAME
  *   jarvas-admin users
  *   jarvas-admin context NAME     (the user's prompt context: all of stdin)
@@ -14,10 +14,12 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -25,6 +27,9 @@
 #include "db.h"
 #include "password.h"
 #include "users.h"
+
+#define PASSWORD_MIN_CHARS 8
+#define PASSWORD_MAX_BYTES 4096
 
 static int usage(void)
 {
@@ -186,32 +191,182 @@ static int read_stdin(struct buf *out, int one_line)
 	return 0;
 }
 
+/* Passwords at a terminal: the settings to restore, for the signal handler
+ * too (a ^C at the prompt must not leave the terminal without echo).
+ * Written only by the main thread, before the handler can run. */
+static struct termios tty_saved;
+static volatile sig_atomic_t tty_quiet;
+
+static void tty_restore(void)
+{
+	if (tty_quiet)
+		tcsetattr(STDIN_FILENO, TCSAFLUSH, &tty_saved);
+	tty_quiet = 0;
+}
+
+static void tty_on_signal(int sig)
+{
+	tty_restore();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+/* Prompt on stderr and read one line from the terminal without echo; the
+ * Enter that ends it is echoed (ECHONL), so the cursor moves on. */
+static int tty_read_secret(const char *prompt, struct buf *out)
+{
+	static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP};
+	struct termios quiet;
+	size_t i;
+	ssize_t n;
+	char c;
+	int rc = -1;
+
+	buf_reset(out);
+	if (tcgetattr(STDIN_FILENO, &tty_saved) < 0)
+		return -1;
+	for (i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+		signal(sigs[i], tty_on_signal);
+	quiet = tty_saved;
+	quiet.c_lflag &= ~(tcflag_t)ECHO;
+	quiet.c_lflag |= ECHONL | ICANON;
+	if (tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet) < 0)
+		goto out;
+	tty_quiet = 1;
+	/* Only now: what is typed once the prompt shows is never echoed. */
+	fputs(prompt, stderr);
+	fflush(stderr);
+	for (;;) {
+		n = read(STDIN_FILENO, &c, 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			goto out;
+		if (n == 0 || c == '\n' || c == '\r')
+			break; /* Enter, or ^D */
+		if (buf_putc(out, c) != BUF_OK)
+			goto out;
+	}
+	rc = 0;
+out:
+	tty_restore();
+	for (i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+		signal(sigs[i], SIG_DFL);
+	return rc;
+}
+
+/* Characters, not bytes: a password of four two-byte letters is short. */
+static size_t utf8_chars(const char *s, size_t n)
+{
+	size_t i, chars = 0;
+
+	for (i = 0; i < n; i++)
+		if (((unsigned char)s[i] & 0xC0) != 0x80)
+			chars++;
+	return chars;
+}
+
+static int password_acceptable(const struct buf *pw)
+{
+	if (pw->len == 0) {
+		fprintf(stderr, "jarvas-admin: the password is empty\n");
+		return 0;
+	}
+	if (utf8_chars(buf_str(pw), pw->len) < PASSWORD_MIN_CHARS) {
+		fprintf(stderr,
+			"jarvas-admin: the password is too short: use at least %d characters\n",
+			PASSWORD_MIN_CHARS);
+		return 0;
+	}
+	return 1;
+}
+
+/* At a terminal: asked twice, both must match; three tries. */
+static int ask_password(struct buf *pw)
+{
+	struct buf again;
+	int tries, rc = -1;
+
+	buf_init(&again, PASSWORD_MAX_BYTES);
+	if (buf_reserve(&again, PASSWORD_MAX_BYTES) != BUF_OK)
+		goto out;
+	for (tries = 0; tries < 3 && rc < 0; tries++) {
+		if (tty_read_secret("Password: ", pw) < 0) {
+			fprintf(stderr,
+				"jarvas-admin: cannot read the password (at most %d bytes)\n",
+				PASSWORD_MAX_BYTES);
+			break;
+		}
+		if (!password_acceptable(pw))
+			continue;
+		if (tty_read_secret("Password (again): ", &again) < 0)
+			break;
+		if (again.len == pw->len && memcmp(buf_str(&again), buf_str(pw), pw->len) == 0)
+			rc = 0;
+		else
+			fprintf(stderr, "jarvas-admin: the passwords do not match\n");
+	}
+out:
+	if (again.data)
+		sodium_memzero(again.data, again.cap);
+	buf_free(&again);
+	return rc;
+}
+
+/* The password: asked at a terminal, else one line of stdin (scripts,
+ * tests, jarvasctl run).  0 with an acceptable password in pw, or -1. */
+static int read_password(struct buf *pw)
+{
+	/* One allocation up front: growing would leave copies behind. */
+	if (buf_reserve(pw, PASSWORD_MAX_BYTES) != BUF_OK)
+		return -1;
+	if (isatty(STDIN_FILENO))
+		return ask_password(pw);
+	if (read_stdin(pw, 1) < 0) {
+		fprintf(stderr,
+			"jarvas-admin: give the password as one line (at most %d bytes) "
+			"on stdin\n",
+			PASSWORD_MAX_BYTES);
+		return -1;
+	}
+	return password_acceptable(pw) ? 0 : -1;
+}
+
 static int cmd_password(const char *name, int create)
 {
 	char hash[PASSWORD_HASH_MAX], err[256];
 	struct buf pw;
 	struct db *d = NULL;
-	int rc = 1, changed;
+	struct user u;
+	int rc = 1, changed, found;
 
-	buf_init(&pw, 4096);
-	if (read_stdin(&pw, 1) < 0 || pw.len == 0) {
-		fprintf(stderr, "jarvas-admin: give the password as one line (at most 4096 bytes) "
-				"on stdin\n");
-		goto out;
-	}
+	buf_init(&pw, PASSWORD_MAX_BYTES);
 	if (create && !users_name_valid(name)) {
 		fprintf(stderr,
 			"jarvas-admin: invalid username: use 1-150 letters, digits and @.+-_\n");
-		goto out;
-	}
-	if (password_hash(buf_str(&pw), hash) < 0) {
-		fprintf(stderr, "jarvas-admin: hashing failed\n");
 		goto out;
 	}
 	d = db_open(config.db_path, 0);
 	if (!d) {
 		fprintf(stderr, "jarvas-admin: cannot open %s (run jarvasctl start first)\n",
 			config.db_path);
+		goto out;
+	}
+	/* Before asking for a password that could not be used anyway. */
+	found = users_by_name(d, name, &u);
+	if (found == 1)
+		users_clear(&u);
+	if (found < 0 || found == create) {
+		fprintf(stderr, "jarvas-admin: %s\n",
+			found < 0 ? db_errmsg(d)
+			: create  ? "that user exists already"
+				  : "no such user");
+		goto out;
+	}
+	if (read_password(&pw) < 0)
+		goto out;
+	if (password_hash(buf_str(&pw), hash) < 0) {
+		fprintf(stderr, "jarvas-admin: hashing failed\n");
 		goto out;
 	}
 	if (create) {
@@ -227,11 +382,12 @@ static int cmd_password(const char *name, int create)
 			goto out;
 		}
 	}
+	printf(create ? "created user %s\n" : "changed the password of %s\n", name);
 	rc = 0;
 out:
 	db_close(d);
 	if (pw.data)
-		sodium_memzero(pw.data, pw.len);
+		sodium_memzero(pw.data, pw.cap);
 	buf_free(&pw);
 	return rc;
 }
@@ -257,6 +413,8 @@ static int cmd_update(const char *name, int delete)
 	changed = delete ? users_delete(d, name) : users_set_context(d, name, buf_str(&text));
 	if (changed <= 0)
 		fprintf(stderr, "jarvas-admin: %s\n", changed == 0 ? "no such user" : db_errmsg(d));
+	else
+		printf(delete ? "deleted user %s\n" : "set the context of %s\n", name);
 	db_close(d);
 	buf_free(&text);
 	return changed > 0 ? 0 : 1;
@@ -275,6 +433,9 @@ static int cmd_users(void)
 		return 1;
 	}
 	st = db_stmt(d, sql);
+	/* Tab-separated like the rows, so scripts can skip one line. */
+	if (st)
+		printf("username\tactive\tcreated_at\n");
 	while (st && (rc = sqlite3_step(st)) == SQLITE_ROW)
 		printf("%s\t%d\t%s\n", sqlite3_column_text(st, 0), sqlite3_column_int(st, 1),
 		       sqlite3_column_text(st, 2));

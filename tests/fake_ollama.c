@@ -12,8 +12,11 @@
  * Build:  cc -O2 -g -Wall -Wextra -Werror -o tests/fake_ollama \
  *             tests/fake_ollama.c -lcjson
  *
- * CLI:    tests/fake_ollama [-l ADDR] -p PORT [-P pidfile] [-r requests.log] [-q]
+ * CLI:    tests/fake_ollama [-l ADDR] -p PORT [-P pidfile] [-r requests.log] [-d MS] [-q]
  *   -l ADDR   listen address (default 127.0.0.1; IPv6 literals work too)
+ *   -d MS     the built-in default of delay_ms (default 0): the pace of a
+ *             reply whose request and /_fake/config set no delay
+ *             (spawn/jarvasctl starts the development stand-in with 40)
  *   -p PORT   port (default 11434); 0 picks a free port
  *   -P FILE   write the pid to FILE (removed again on a clean exit)
  *   -r FILE   append one JSON line per finished /api/chat request to FILE
@@ -375,7 +378,9 @@ struct ctl {
 	size_t message_len;
 };
 
-static const struct ctl_num {
+/* Not const: -d sets the built-in default of delay_ms before the loop
+ * starts; read-only afterwards. */
+static struct ctl_num {
 	const char *name;
 	size_t off;
 	long min, max, def;
@@ -2170,7 +2175,8 @@ static void accept_all(void)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: fake_ollama [-l ADDR] -p PORT [-P pidfile] [-r requests.log] [-q]\n");
+	fprintf(f, "usage: fake_ollama [-l ADDR] -p PORT [-P pidfile] [-r requests.log] [-d MS] "
+		   "[-q]\n");
 }
 
 static int listen_on(const char *addr, const char *port, char *shown, size_t shown_len)
@@ -2209,6 +2215,26 @@ fail:
 	if (fd >= 0)
 		close(fd);
 	freeaddrinfo(ai);
+	return -1;
+}
+
+/* -d MS: the default every request starts from, as if built in, so that
+ * /_fake/reset and a null key return to it too. */
+static int set_default_delay(const char *arg)
+{
+	size_t i;
+	long ms;
+
+	for (i = 0; i < CTL_NNUM; i++) {
+		struct ctl_num *d = &ctl_nums[i];
+
+		if (strcmp(d->name, "delay_ms") != 0)
+			continue;
+		if (parse_long(arg, strlen(arg), &ms) < 0 || ms < d->min || ms > d->max)
+			return -1;
+		d->def = ms;
+		return 0;
+	}
 	return -1;
 }
 
@@ -2278,9 +2304,16 @@ int main(int argc, char **argv)
 	sigset_t mask;
 	int opt, rc = 1, pid_written = 0;
 
-	while ((opt = getopt(argc, argv, "l:p:P:r:qh")) != -1) {
+	while ((opt = getopt(argc, argv, "l:p:P:r:d:qh")) != -1) {
 		switch (opt) {
 		case 'l': addr = optarg; break;
+		case 'd':
+			if (set_default_delay(optarg) < 0) {
+				fprintf(stderr, "fake_ollama: -d %s: expected milliseconds\n",
+					optarg);
+				return 2;
+			}
+			break;
 		case 'p': port = optarg; break;
 		case 'P': pidfile = optarg; break;
 		case 'r': logfile = optarg; break;

@@ -29,11 +29,14 @@ from pathlib import Path
 
 # Where the checkout and the programs under test are: the one place to change
 # for another build (JARVAS_TEST_BIN=<dir> holds token, chat, chat_stream and
-# jarvas-admin, e.g. an ASan build).
+# jarvas-admin, e.g. an ASan build). As root, the responders run as an
+# unprivileged user (JARVAS_USER, default jarvas), from a copy of the
+# programs when that user cannot reach these.
 ROOT = Path(__file__).resolve().parents[2]
 JARVASCTL = ROOT / "spawn" / "jarvasctl"
 FAKE_OLLAMA = ROOT / "tests" / "fake_ollama"
 BIN_DIR = Path(os.environ.get("JARVAS_TEST_BIN") or ROOT / "cgi-bin").resolve()
+PROGRAMS = ("token", "chat", "chat_stream", "jarvas-admin")
 
 START_TIMEOUT = 60  # seconds for jarvasctl start/stop
 
@@ -294,6 +297,32 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_for(fn, timeout, what):
+    """fn()'s first truthy value, polling; fails after `timeout` seconds
+    (test_chat and test_stream have their own copies of this)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
+
+
+def reachable_by_others(directory, names=PROGRAMS):
+    """Whether any user may run directory/<name> for each name: every
+    directory on the way can be entered by others, each program read and
+    run. As root, jarvasctl runs the responders as an unprivileged user,
+    who must reach them."""
+    directory = Path(directory).resolve()
+    for d in [directory, *directory.parents]:
+        if not os.stat(d).st_mode & 0o001:
+            return False
+    return all(os.stat(directory / n).st_mode & 0o005 == 0o005 for n in names
+               if (directory / n).exists())
+
+
 def log_tail(path, n=30):
     try:
         lines = Path(path).read_text(errors="replace").splitlines()
@@ -312,6 +341,7 @@ class Stack:
         self.fake = None
         self.fake_port = None
         self.env = None
+        self.bin_copy = None  # a copy of BIN_DIR the responders' user can reach
         self._names = 0
 
     def __enter__(self):
@@ -335,7 +365,7 @@ class Stack:
                 JARVAS_STATE_DIR=str(self.state),
                 JARVAS_LISTEN=f"127.0.0.1:{self.port}",
                 JARVAS_UPSTREAM_URL=f"http://127.0.0.1:{self.fake_port}",
-                JARVAS_BIN_DIR=str(BIN_DIR),
+                JARVAS_BIN_DIR=str(self._bin_dir()),
                 # Tests open many streams as one user; the cap has its own test.
                 JARVAS_MAX_STREAMS_PER_USER="1000",
                 # Every test logs in from 127.0.0.1, many fail on purpose;
@@ -355,6 +385,21 @@ class Stack:
             self.stop(keep=True)
             raise
         return self
+
+    def _bin_dir(self):
+        """BIN_DIR, or (as root, when the responders' unprivileged user could
+        not reach it: a checkout under a 0700 /root) a copy of it in a
+        temporary directory, removed by stop(), so the responders always
+        run as that user and never fall back to root."""
+        if os.geteuid() != 0 or reachable_by_others(BIN_DIR):
+            return BIN_DIR
+        self.bin_copy = Path(tempfile.mkdtemp(prefix="jarvas-test-bin-"))
+        self.bin_copy.chmod(0o755)
+        for name in PROGRAMS:
+            if (BIN_DIR / name).exists():
+                shutil.copy2(BIN_DIR / name, self.bin_copy / name)
+                (self.bin_copy / name).chmod(0o755)
+        return self.bin_copy
 
     def _start_fake(self, port=0):
         """Start tests/fake_ollama on `port` (0: a free one) and learn its
@@ -416,6 +461,9 @@ class Stack:
             print(f"state kept in {self.state}")
         else:
             shutil.rmtree(self.state, ignore_errors=True)
+        if self.bin_copy is not None:
+            shutil.rmtree(self.bin_copy, ignore_errors=True)
+            self.bin_copy = None
         self.state = None
         self.env = None
 

@@ -11,6 +11,8 @@ harness.cases — on one shared harness.Stack. A test marked
 harness.stack_env(...) gets a Stack of its own with those variables (shared
 with the other tests of its file that ask for the same ones).
 
+build/tools/ (promtool, from make deps-test) comes first on PATH.
+
 Prints "ok   <module>.<test>" or "FAIL <module>.<test>: <reason>" per test and
 then "N passed, N failed"; exits 0 only when nothing failed. A test fails
 too when a responder restarts while it runs (unless harness.allows_restarts)
@@ -20,6 +22,7 @@ Python 3 standard library only.
 
 import importlib
 import inspect
+import os
 import signal
 import sys
 import traceback
@@ -27,6 +30,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+# Tools the tests run that make deps-test puts into the build (promtool).
+TOOLS = HERE.parents[1] / "build" / "tools"
+os.environ["PATH"] = f"{TOOLS}{os.pathsep}{os.environ.get('PATH', '')}"
 
 import harness  # noqa: E402
 

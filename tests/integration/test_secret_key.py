@@ -6,6 +6,7 @@ key while users exist, and `jarvasctl new-key` makes one on purpose.
 JARVAS_SECRET_KEY must be as long as the file's key (32 bytes)."""
 
 import hashlib
+import os
 import hmac
 import re
 import time
@@ -81,6 +82,8 @@ def test_a_removed_key_file_survives_reloads_with_the_key_in_memory(stack):
     # Putting the file back is the cure.
     (stack.state / "secret.key").write_bytes(key + b"\n")
     (stack.state / "secret.key").chmod(0o600)
+    owner = (stack.state / "jarvas.db").stat()  # the responders' user, as an operator would
+    os.chown(stack.state / "secret.key", owner.st_uid, owner.st_gid)
     status, body = health(stack)
     assert status == 200 and body["status"] == "ok" and body["secret_key"] == "ok", body
 

@@ -3,10 +3,13 @@
 # under valgrind memcheck through a few thousand requests, then their leak
 # and error reports.
 #
-# Owns one work directory (mktemp, or $JARVAS_VALGRIND_DIR): bin/ holds a
-# wrapper per program (token, chat, chat_stream, jarvas-admin) that execs the
-# real cgi-bin/<name> under valgrind, and vg.<name>.<pid>.log is each
-# process's report.  tests/valgrind/traffic.py starts one harness Stack with
+# Owns one work directory (mktemp, or $JARVAS_VALGRIND_DIR): prog/ holds a
+# copy of each program (token, chat, chat_stream, jarvas-admin), bin/ a
+# wrapper per program that execs that copy under valgrind, and
+# logs/vg.<name>.<pid>.log is each process's report. As root, jarvasctl runs
+# the programs as an unprivileged user: the work directory can be entered by
+# anyone, prog/ and bin/ read, and logs/ written (sticky, like /tmp) — the
+# checkout itself may be out of that user's reach.  tests/valgrind/traffic.py starts one harness Stack with
 # JARVAS_TEST_BIN=bin/, drives the traffic and stops the stack (SIGTERM: the
 # responders exit cleanly, which is when valgrind writes its leak report).
 # Then every log is read.  Invariant: a process passes only when its log
@@ -36,17 +39,23 @@ done
 if [[ -n ${JARVAS_VALGRIND_DIR:-} ]]; then
     WORK=$JARVAS_VALGRIND_DIR
     mkdir -p "$WORK" || die "cannot create $WORK"
-    rm -f "$WORK"/vg.*.log "$WORK/stack"
+    rm -f "$WORK"/vg.*.log "$WORK"/logs/vg.*.log "$WORK/stack"
 else
     WORK=$(mktemp -d /tmp/jarvas-valgrind.XXXXXX) || die "mktemp failed"
 fi
 WORK=$(cd "$WORK" && pwd -P)
-mkdir -p "$WORK/bin"
+mkdir -p "$WORK/bin" "$WORK/prog" "$WORK/logs" || die "cannot create $WORK/{bin,prog,logs}"
+{ chmod 0711 "$WORK" && chmod 0755 "$WORK/bin" "$WORK/prog" && chmod 1777 "$WORK/logs"; } ||
+    die "cannot open up $WORK"
+for name in "${PROGRAMS[@]}"; do
+    { cp "$ROOT/cgi-bin/$name" "$WORK/prog/$name" && chmod 0755 "$WORK/prog/$name"; } ||
+        die "cannot copy $ROOT/cgi-bin/$name"
+done
 
 # The wrapper execs valgrind in place, so spawn-fcgi's pid is valgrind's and
 # the supervisor's pid file stays right.  /proc/<pid>/cmdline then reads
-# "valgrind.bin <options> <checkout>/cgi-bin/<name> ", which still contains
-# the "/<name> " jarvasctl looks for (no option contains it).
+# "valgrind.bin <options> <work>/prog/<name> ", which still contains the
+# "/<name> " jarvasctl looks for (no option contains it).
 for name in "${PROGRAMS[@]}"; do
     {
         echo '#!/bin/sh'
@@ -55,7 +64,7 @@ for name in "${PROGRAMS[@]}"; do
         printf -- '--show-leak-kinds=definite,indirect,possible '
         printf -- '--errors-for-leak-kinds=definite,indirect --error-exitcode=99 '
         printf -- '--track-fds=no --num-callers=30 '
-        printf -- '--log-file=%q %q "$@"\n' "$WORK/vg.$name.%p.log" "$ROOT/cgi-bin/$name"
+        printf -- '--log-file=%q %q "$@"\n' "$WORK/logs/vg.$name.%p.log" "$WORK/prog/$name"
     } >"$WORK/bin/$name"
     chmod 0755 "$WORK/bin/$name"
 done
@@ -94,7 +103,7 @@ bytes() {
 passed=0 failed=0
 printf '\n%-34s %15s %15s %15s  %s\n' "process (log)" "definitely" "indirectly" "possibly" "ERROR SUMMARY"
 for name in "${PROGRAMS[@]}"; do
-    logs=("$WORK"/vg."$name".*.log)
+    logs=("$WORK"/logs/vg."$name".*.log)
     if [[ ! -e ${logs[0]} ]]; then
         if [[ " ${RESPONDERS[*]} " == *" $name "* ]]; then
             printf '%-34s no valgrind log: it never ran under valgrind\n' "$name"
