@@ -327,6 +327,7 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 	INT_SETTING(config.upstream_idle_timeout, "JARVAS_UPSTREAM_IDLE_TIMEOUT", 120, 1, 86400);
 	INT_SETTING(config.upstream_total_timeout, "JARVAS_UPSTREAM_TOTAL_TIMEOUT", 600, 1, 86400);
 	INT_SETTING(config.ping_interval, "JARVAS_PING_INTERVAL", 15, 1, 3600);
+	INT_SETTING(config.stream_save_interval, "JARVAS_STREAM_SAVE_INTERVAL", 3, 1, 3600);
 	INT_SETTING(config.prompt_cache_ttl, "JARVAS_PROMPT_CACHE_TTL", 3600, 1, 365L * 86400);
 	INT_SETTING(config.max_streams_per_user, "JARVAS_MAX_STREAMS_PER_USER", 4, 1, 100000);
 	INT_SETTING(config.hash_concurrency, "JARVAS_HASH_CONCURRENCY", 2, 1, 64);

@@ -45,6 +45,7 @@ struct config {
 	int upstream_idle_timeout;    /* seconds of upstream silence */
 	int upstream_total_timeout;   /* seconds for /api/chat/ */
 	int ping_interval;	      /* seconds between ": ping" comments */
+	int stream_save_interval;     /* seconds between saves of a growing reply */
 	int prompt_cache_ttl;	      /* seconds */
 	int max_streams_per_user;
 	int hash_concurrency;	     /* concurrent password hashes */

@@ -170,6 +170,18 @@ static int reserve(struct exchange *ex, struct db *d)
 /* Reads; then, for a stream, whose events carry the message id from the
  * start, a short write transaction to reserve.  A non-stream exchange
  * reserves in the same transaction that stores it: one write, not two. */
+/* A stream's user message goes to history at its start, with the ids: a
+ * responder killed mid-stream must not lose it (the reply follows as it
+ * grows, relay.c). */
+static int store_user_message(struct exchange *ex, struct db *d)
+{
+	if (history_store_message(d, ex->user_msg_id, ex->user.id, ex->conversation, "user",
+				  buf_str(&ex->message), ex->message.len, 1) < 0)
+		return -1;
+	ex->user_stored = 1;
+	return 0;
+}
+
 static int load_context(struct exchange *ex, int reserve_now)
 {
 	struct db *d = db_acquire();
@@ -180,8 +192,11 @@ static int load_context(struct exchange *ex, int reserve_now)
 		    0 ||
 	    prompt_get(d, &ex->user, &ex->prompt) < 0)
 		goto fail;
-	if (reserve_now && (db_begin(d) < 0 || reserve(ex, d) < 0 || db_commit(d) < 0))
+	if (reserve_now && (db_begin(d) < 0 || reserve(ex, d) < 0 ||
+			    store_user_message(ex, d) < 0 || db_commit(d) < 0)) {
+		ex->user_stored = 0; /* rolled back */
 		goto fail;
+	}
 	db_release(d);
 	return 0;
 fail:
@@ -227,10 +242,8 @@ int exchange_begin(struct exchange *ex, struct request *r, int from_query, int s
 	return 0;
 }
 
-static int collect(void *ctx, const char *text, size_t n)
+int exchange_append_reply(struct exchange *ex, const char *text, size_t n)
 {
-	struct exchange *ex = ctx;
-
 	if (buf_append(&ex->reply, text, n) != BUF_OK) {
 		log_warn("reply of message %lld over %zu bytes; stopping", ex->message_id,
 			 ex->reply.max);
@@ -238,6 +251,19 @@ static int collect(void *ctx, const char *text, size_t n)
 		return -1;
 	}
 	return 0;
+}
+
+void exchange_truncate_reply(struct exchange *ex, size_t n)
+{
+	if (n < ex->reply.len) {
+		ex->reply.len = n;
+		ex->reply.data[n] = '\0';
+	}
+}
+
+static int collect(void *ctx, const char *text, size_t n)
+{
+	return exchange_append_reply(ctx, text, n);
 }
 
 int exchange_messages(struct exchange *ex, struct upstream_message **out, int *nout)
@@ -292,21 +318,35 @@ int exchange_run(struct exchange *ex, int total_timeout)
 	return rc;
 }
 
+/* The rows of an exchange, in the caller's write transaction.  A stream
+ * stored its user message at the start: only the reply is left to write,
+ * or, when the user saw nothing, the user message to take back (history
+ * keeps no exchange without a reply). */
+static int store_rows(struct exchange *ex, struct db *d, int complete)
+{
+	if (ex->user_stored && ex->reply.len == 0)
+		return history_forget(d, ex->user.id, ex->user_msg_id, ex->message_id);
+	if (ex->user_stored)
+		return history_save_reply(d, ex->user_msg_id, ex->message_id, ex->user.id,
+					  ex->conversation, buf_str(&ex->reply), ex->reply.len,
+					  complete, 0);
+	return history_store(d, ex->user.id, ex->conversation, ex->user_msg_id,
+			     buf_str(&ex->message), ex->message_id, buf_str(&ex->reply),
+			     ex->reply.len, complete);
+}
+
 int exchange_store(struct exchange *ex, int complete)
 {
 	struct db *d;
 	int rc;
 
-	if (ex->reply.len == 0)
+	if (ex->reply.len == 0 && !ex->user_stored)
 		return 0; /* the user saw nothing: there is nothing to keep */
 	d = db_acquire();
 	if (!d)
 		return -1;
 	rc = db_begin(d) == 0 && (ex->reserved || reserve(ex, d) == 0) &&
-			     history_store(d, ex->user.id, ex->conversation, ex->user_msg_id,
-					   buf_str(&ex->message), ex->message_id,
-					   buf_str(&ex->reply), ex->reply.len, complete) == 0 &&
-			     db_commit(d) == 0
+			     store_rows(ex, d, complete) == 0 && db_commit(d) == 0
 		     ? 0
 		     : -1;
 	if (rc < 0)

@@ -8,7 +8,9 @@
  *   exchange_run     chat: call the model and collect the reply in
  *                    ex->reply (a stream's reply is relayed by relay.c,
  *                    which takes the exchange after exchange_begin)
- *   exchange_store   write the user message and ex->reply together
+ *   exchange_store   write the user message and ex->reply together (a
+ *                    stream wrote its user message at the start, and
+ *                    relay.c saves the reply as it grows)
  *   exchange_end     free everything
  *
  * No database connection is held while the model is talking.
@@ -34,6 +36,7 @@ struct exchange {
 	long long user_msg_id;
 	long long message_id; /* id of the reply */
 	int reserved;	      /* the ids above are set */
+	int user_stored;      /* the user message is in history already (streams) */
 	struct buf reply;     /* everything sent on to the client */
 	struct upstream_result result;
 	int reply_cut;	 /* the reply outgrew ex->reply's cap: the model was stopped */
@@ -53,6 +56,12 @@ int exchange_messages(struct exchange *ex, struct upstream_message **msgs, int *
 
 /* Free the history and prompt text once the upstream request holds them. */
 void exchange_release_context(struct exchange *ex);
+
+/* A piece of the reply, kept for history: 0, or -1 when the reply is
+ * past its cap (logged, ex->reply_cut set: stop the model). */
+int exchange_append_reply(struct exchange *ex, const char *text, size_t n);
+/* Keep only the first n bytes of the reply (n on a piece boundary). */
+void exchange_truncate_reply(struct exchange *ex, size_t n);
 
 /* 0 when the model finished, -1 otherwise (see ex->result.outcome). */
 int exchange_run(struct exchange *ex, int total_timeout);

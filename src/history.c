@@ -143,7 +143,7 @@ int history_reserve_ids(struct db *d, long long *user_msg_id, long long *reply_i
 	return rc == SQLITE_ROW ? 0 : -1;
 }
 
-static int insert_message(struct db *d, long long id, long long user_id, const char *conversation,
+int history_store_message(struct db *d, long long id, long long user_id, const char *conversation,
 			  const char *role, const char *text, size_t len, int complete)
 {
 	static const char sql[] =
@@ -169,12 +169,64 @@ int history_store(struct db *d, long long user_id, const char *conversation, lon
 		  const char *user_text, long long reply_id, const char *reply_text,
 		  size_t reply_len, int complete)
 {
-	if (insert_message(d, user_msg_id, user_id, conversation, "user", user_text,
-			   strlen(user_text), 1) < 0 ||
-	    insert_message(d, reply_id, user_id, conversation, "assistant", reply_text, reply_len,
-			   complete) < 0)
+	if (history_store_message(d, user_msg_id, user_id, conversation, "user", user_text,
+				  strlen(user_text), 1) < 0 ||
+	    history_store_message(d, reply_id, user_id, conversation, "assistant", reply_text,
+				  reply_len, complete) < 0)
 		return -1;
 	return 0;
+}
+
+int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, long long user_id,
+		       const char *conversation, const char *text, size_t len, int complete,
+		       int partial)
+{
+	/* Only next to its user message: a conversation deleted while its
+	 * reply streamed stays deleted. */
+	static const char sql_final[] =
+		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete) "
+		"SELECT ?1, ?2, ?3, 'assistant', ?4, ?5 WHERE EXISTS "
+		"(SELECT 1 FROM messages WHERE id = ?6 AND user_id = ?2 AND role = 'user') "
+		"ON CONFLICT (id) DO UPDATE SET content = excluded.content, "
+		"complete = excluded.complete";
+	static const char sql_partial[] =
+		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete) "
+		"SELECT ?1, ?2, ?3, 'assistant', ?4, 0 WHERE EXISTS "
+		"(SELECT 1 FROM messages WHERE id = ?6 AND user_id = ?2 AND role = 'user') "
+		"ON CONFLICT (id) DO UPDATE SET content = excluded.content "
+		"WHERE length(CAST(messages.content AS BLOB)) < length(CAST(excluded.content AS "
+		"BLOB))";
+	sqlite3_stmt *st = db_stmt(d, partial ? sql_partial : sql_final);
+	int rc;
+
+	if (!st)
+		return -1;
+	sqlite3_bind_int64(st, 1, reply_id);
+	sqlite3_bind_int64(st, 2, user_id);
+	sqlite3_bind_text(st, 3, conversation, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, text, (int)len, SQLITE_STATIC);
+	if (!partial)
+		sqlite3_bind_int(st, 5, complete);
+	sqlite3_bind_int64(st, 6, user_msg_id);
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int history_forget(struct db *d, long long user_id, long long user_msg_id, long long reply_id)
+{
+	static const char sql[] = "DELETE FROM messages WHERE user_id = ?1 AND id IN (?2, ?3)";
+	sqlite3_stmt *st = db_stmt(d, sql);
+	int rc;
+
+	if (!st)
+		return -1;
+	sqlite3_bind_int64(st, 1, user_id);
+	sqlite3_bind_int64(st, 2, user_msg_id);
+	sqlite3_bind_int64(st, 3, reply_id);
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? 0 : -1;
 }
 
 int history_delete(struct db *d, long long user_id, const char *conversation)

@@ -3,8 +3,10 @@
  * the whole conversation for the history endpoint, storing an exchange,
  * and deleting a conversation.
  *
- * Invariant: a user message and the reply it got are written in one
- * transaction (the caller's), so history never holds half an exchange.  Every query is
+ * Invariant: history never holds a reply without its user message.  A
+ * non-stream exchange writes both in one transaction; a stream writes its
+ * user message when it starts and its reply as it grows, so a crash loses
+ * at most the last seconds of a reply, never the message.  Every query is
  * scoped by user_id: no function here can reach another user's rows.
  */
 #ifndef JARVAS_HISTORY_H
@@ -47,6 +49,22 @@ int history_reserve_ids(struct db *d, long long *user_msg_id, long long *reply_i
 int history_store(struct db *d, long long user_id, const char *conversation, long long user_msg_id,
 		  const char *user_text, long long reply_id, const char *reply_text,
 		  size_t reply_len, int complete);
+
+/* One message row.  In the caller's write transaction.  0 or -1. */
+int history_store_message(struct db *d, long long id, long long user_id, const char *conversation,
+			  const char *role, const char *text, size_t len, int complete);
+
+/* Write the reply row of an exchange whose user message is stored, while
+ * that message is still there (a conversation deleted meanwhile stays
+ * deleted).  partial: a save while the reply still grows, which never
+ * replaces a longer text (a late partial save after the final one changes
+ * nothing).  In the caller's write transaction.  0 or -1. */
+int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, long long user_id,
+		       const char *conversation, const char *text, size_t len, int complete,
+		       int partial);
+
+/* Take back both rows of an exchange that produced no reply.  0 or -1. */
+int history_forget(struct db *d, long long user_id, long long user_msg_id, long long reply_id);
 
 /* Delete one conversation of one user; the number of rows or -1. */
 int history_delete(struct db *d, long long user_id, const char *conversation);

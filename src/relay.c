@@ -35,7 +35,9 @@
 
 #include "config.h"
 #include "exchange.h"
+#include "db.h"
 #include "fcgi_wire.h"
+#include "history.h"
 #include "log.h"
 #include "metrics.h"
 #include "request.h"
@@ -46,6 +48,7 @@
 #define TICK_S 0.25	       /* pings, idle timeouts, shutdown checks */
 #define PENDING_MAX (1u << 20) /* unsent bytes before a client counts as gone */
 #define OUT_MAX (32u << 20)    /* one event: a 4 MiB line, escaped */
+#define MARKS_MAX (1u << 20)   /* struct mark per chunk waiting in `out` */
 #define CLOSE_GRACE_S 10.0     /* to take the last event, then it is cut */
 #define STORERS 2	       /* store threads */
 #define IDLE_HANDLES 256       /* curl handles kept for reuse */
@@ -55,6 +58,11 @@
 #define WAKE_TAG ((uint64_t)1) /* epoll data of the eventfd */
 
 enum state { STREAMING, STORING, CLOSING };
+
+struct mark {
+	unsigned long long end; /* s->queued once the chunk's record is in `out` */
+	size_t reply_len;	/* ex->reply.len with that chunk */
+};
 
 struct stream {
 	struct stream *prev, *next;   /* relay.live: loop thread only */
@@ -72,7 +80,18 @@ struct stream {
 	int restarting;	 /* ended because the process stops */
 	struct exchange *ex;
 	struct upstream_xfer x;
-	struct buf out;	  /* bytes the socket has not taken yet */
+	struct buf out; /* bytes the socket has not taken yet */
+	/* What the client was sent: `marks` holds, for each chunk still in
+	 * `out`, where its record ends (in queued bytes) and the reply's
+	 * length with it; `delivered` is that length of the last chunk the
+	 * socket took whole.  History keeps no more than that of a stream
+	 * whose client left. */
+	struct buf marks; /* struct mark[], from marks_head on */
+	size_t marks_head;
+	unsigned long long queued, sent;
+	size_t delivered;
+	double saved_at; /* the reply went to history up to saved_len then */
+	size_t saved_len;
 	struct buf tail;  /* the last event and the end of the request */
 	size_t tail_body; /* bytes of that event, for the log */
 	int seq;
@@ -105,6 +124,7 @@ static struct {
 	pthread_mutex_t lock; /* guards the fields below */
 	pthread_cond_t store_cond;
 	struct stream *incoming, *to_store, *settled;
+	struct save *to_save; /* replies in progress for history (tick()) */
 	int storers_quit;
 	CURL *idle[IDLE_HANDLES];
 	int nidle;
@@ -204,6 +224,20 @@ static void too_slow(struct stream *s)
 	mark_gone(s);
 }
 
+/* Move `delivered` up to the last chunk whose record was sent whole. */
+static void note_delivered(struct stream *s)
+{
+	const struct mark *m = (const struct mark *)(void *)s->marks.data;
+	size_t n = s->marks.len / sizeof *m;
+
+	while (s->marks_head < n && m[s->marks_head].end <= s->sent)
+		s->delivered = m[s->marks_head++].reply_len;
+	if (s->marks_head == n) { /* the usual case: all out, start over */
+		buf_reset(&s->marks);
+		s->marks_head = 0;
+	}
+}
+
 /* Write what waits in `out`; keep the rest for EPOLLOUT.  0, or -1 when
  * the client is gone. */
 static int flush_out(struct stream *s)
@@ -219,7 +253,9 @@ static int flush_out(struct stream *s)
 			return -1;
 		}
 		buf_consume(&s->out, (size_t)w);
+		s->sent += (unsigned long long)w;
 	}
+	note_delivered(s);
 	if ((s->out.len > 0) != s->want_out)
 		watch(s, s->out.len > 0);
 	return 0;
@@ -258,6 +294,7 @@ static int queue_record(struct stream *s, int (*format)(struct buf *, const void
 		return -1;
 	}
 	s->bytes += s->out.len - (size_t)at - FCGI_WIRE_HEADER;
+	s->queued += s->out.len - (size_t)at;
 	s->last_write = upstream_now();
 	mark_dirty(s);
 	return 0;
@@ -316,6 +353,7 @@ static int on_content(void *ctx, const char *text, size_t n)
 	struct stream *s = ctx;
 	struct exchange *ex = s->ex;
 	struct piece p = {s, text, n};
+	struct mark mark;
 
 	if (gone(s))
 		return -1;
@@ -324,11 +362,12 @@ static int on_content(void *ctx, const char *text, size_t n)
 		metrics_first_chunk(s->first_chunk_ms);
 	}
 	s->seq++;
-	if (queue_record(s, format_chunk, &p) < 0)
+	if (queue_record(s, format_chunk, &p) < 0 || exchange_append_reply(ex, text, n) < 0)
 		return -1;
-	if (buf_append(&ex->reply, text, n) != BUF_OK) {
-		log_warn("reply of message %lld over %zu bytes; stopping", ex->message_id,
-			 ex->reply.max);
+	mark.end = s->queued;
+	mark.reply_len = ex->reply.len;
+	if (buf_append(&s->marks, &mark, sizeof mark) != BUF_OK) {
+		too_slow(s); /* as for `out` itself */
 		return -1;
 	}
 	return 0;
@@ -405,6 +444,10 @@ static void to_store(struct stream *s, CURLcode cc)
 		s->in_multi = 0;
 	}
 	upstream_xfer_finish(&s->x, cc);
+	/* The client left: keep what it was sent, not what was queued for it.
+	 * (A client still there gets the rest, and history all of it.) */
+	if (gone(s) && s->delivered < s->ex->reply.len)
+		exchange_truncate_reply(s->ex, s->delivered);
 	s->state = STORING;
 	pthread_mutex_lock(&relay.lock);
 	push(&relay.to_store, s);
@@ -428,6 +471,7 @@ static void free_stream(struct stream *s)
 	give_handle(s->x.curl);
 	upstream_xfer_free(&s->x);
 	buf_free(&s->out);
+	buf_free(&s->marks);
 	buf_free(&s->tail);
 	free(s->path);
 	free(s);
@@ -526,19 +570,63 @@ static void settle(struct stream *s)
 	snprintf(s->note, sizeof s->note, "outcome=%s message_id=%lld", outcome, ex->message_id);
 }
 
+/* A reply as far as its client has been sent it, for history while the
+ * stream goes on (a copy: the loop keeps appending to the reply). */
+struct save {
+	struct save *next;
+	long long user_msg_id, message_id, user_id;
+	char conversation[CONVERSATION_ID_MAX + 1];
+	size_t len;
+	char text[];
+};
+
+static void free_saves(struct save *v)
+{
+	struct save *next;
+
+	for (; v; v = next) {
+		next = v->next;
+		free(v);
+	}
+}
+
+/* Every save of one tick in one write transaction.  A failure is only
+ * logged: the final store still comes. */
+static void write_saves(struct save *v)
+{
+	struct db *d = db_acquire();
+	struct save *w;
+	int rc = d && db_begin(d) == 0 ? 0 : -1;
+
+	for (w = v; w && rc == 0; w = w->next)
+		rc = history_save_reply(d, w->user_msg_id, w->message_id, w->user_id,
+					w->conversation, w->text, w->len, 0, 1);
+	if (rc < 0 || db_commit(d) < 0)
+		log_warn("saving replies in progress failed: %s", db_errmsg(d));
+	db_release(d);
+	free_saves(v);
+}
+
 static void *storer_main(void *arg)
 {
 	struct stream *s;
+	struct save *v;
 
 	(void)arg;
 	for (;;) {
 		pthread_mutex_lock(&relay.lock);
-		while (!relay.to_store && !relay.storers_quit)
+		while (!relay.to_store && !relay.to_save && !relay.storers_quit)
 			pthread_cond_wait(&relay.store_cond, &relay.lock);
-		s = relay.to_store;
+		v = relay.to_save;
+		relay.to_save = NULL;
+		s = v ? NULL : relay.to_store;
 		if (s)
 			relay.to_store = s->qnext;
 		pthread_mutex_unlock(&relay.lock);
+		if (v) {
+			write_saves(v);
+			continue;
+		}
 		if (!s)
 			return NULL;
 		settle(s);
@@ -634,10 +722,34 @@ static void end_finished(double now)
 
 /* Every TICK_S: pings, idle upstreams, clients gone while nothing was
  * written, streams that will not take their last bytes, shutdown. */
+/* A save of s's reply as its client has been sent it, when that grew
+ * since the last one config.stream_save_interval ago; NULL otherwise. */
+static struct save *save_of(struct stream *s, double now)
+{
+	struct save *v;
+
+	if (now - s->saved_at < config.stream_save_interval || s->delivered <= s->saved_len)
+		return NULL;
+	v = malloc(sizeof *v + s->delivered + 1);
+	if (!v)
+		return NULL; /* the next tick tries again */
+	v->user_msg_id = s->ex->user_msg_id;
+	v->message_id = s->ex->message_id;
+	v->user_id = s->ex->user.id;
+	memcpy(v->conversation, s->ex->conversation, sizeof v->conversation);
+	v->len = s->delivered;
+	memcpy(v->text, s->ex->reply.data, v->len);
+	v->text[v->len] = '\0';
+	s->saved_at = now;
+	s->saved_len = s->delivered;
+	return v;
+}
+
 static void tick(double now)
 {
 	int stopping = server_stopping();
 	struct stream *s, *next;
+	struct save *saves = NULL, *v;
 
 	for (s = relay.live; s; s = next) {
 		next = s->next;
@@ -655,9 +767,23 @@ static void tick(double now)
 			abort_transfer(s);
 		} else if (upstream_xfer_idle(&s->x, now)) {
 			to_store(s, CURLE_OK);
-		} else if (now - s->last_write >= config.ping_interval) {
-			queue_record(s, format_ping, NULL);
+		} else {
+			if (now - s->last_write >= config.ping_interval)
+				queue_record(s, format_ping, NULL);
+			if ((v = save_of(s, now)) != NULL) {
+				v->next = saves;
+				saves = v;
+			}
 		}
+	}
+	if (saves) {
+		pthread_mutex_lock(&relay.lock);
+		for (v = saves; v->next; v = v->next)
+			;
+		v->next = relay.to_save; /* a slow database: batches pile up, in order */
+		relay.to_save = saves;
+		pthread_cond_signal(&relay.store_cond);
+		pthread_mutex_unlock(&relay.lock);
 	}
 }
 
@@ -756,6 +882,7 @@ int relay_submit(struct request *r, struct exchange *ex)
 		return -1;
 	upstream_xfer_init(&s->x);
 	buf_init(&s->out, OUT_MAX);
+	buf_init(&s->marks, MARKS_MAX);
 	buf_init(&s->tail, 64u << 10);
 	s->x.curl = take_handle();
 	s->path = strdup(r->path ? r->path : "-");
@@ -784,6 +911,7 @@ int relay_submit(struct request *r, struct exchange *ex)
 	s->method = strcmp(r->method, "POST") == 0 ? "POST" : "GET";
 	s->started_s = (double)r->started.tv_sec + (double)r->started.tv_nsec / 1e9;
 	s->first_chunk_ms = -1;
+	s->saved_at = s->started_s;
 	s->state = STREAMING;
 	/* From here on the connection is the relay's: libfcgi must not write
 	 * its end records nor close it when the worker finishes. */
@@ -865,6 +993,8 @@ void relay_stop(void)
 	for (i = 0; i < relay.nstorers; i++)
 		pthread_join(relay.storers[i], NULL);
 	relay.nstorers = 0;
+	free_saves(relay.to_save); /* superseded: every stream was stored since */
+	relay.to_save = NULL;
 	while (relay.nidle > 0)
 		curl_easy_cleanup(relay.idle[--relay.nidle]);
 	curl_multi_cleanup(relay.multi);

@@ -156,20 +156,24 @@ def fake(**kw):
     return "[[fake " + " ".join(f"{k}={v}" for k, v in kw.items()) + "]]"
 
 
-def history_problems(stack):
+def history_problems(stack, interrupted=()):
     """What is wrong with the history as a whole: [] when integrity_check
-    says ok and every user row (id N) has its assistant row (id N+1) in the
-    same conversation of the same user, and the other way round."""
+    says ok, every assistant row (id N) has its user row (id N-1) in the same
+    conversation of the same user, and every user row its assistant row --
+    except the messages in `interrupted`: a stream stores its message when it
+    starts, so one whose responder was killed, or whose reply could not be
+    saved, may have no reply row."""
     problems = []
     ic = stack.sqlite("PRAGMA integrity_check")
     if ic != [("ok",)]:
         problems.append(f"PRAGMA integrity_check: {ic[:5]!r}")
     half = stack.sqlite(
-        "SELECT m.id, m.role, m.user_id, m.conversation_id FROM messages m "
+        "SELECT m.id, m.role, m.user_id, m.conversation_id, m.content FROM messages m "
         "LEFT JOIN messages p ON p.id = CASE m.role WHEN 'user' THEN m.id + 1 ELSE m.id - 1 END "
         " AND p.user_id = m.user_id AND p.conversation_id = m.conversation_id "
         " AND p.role = CASE m.role WHEN 'user' THEN 'assistant' ELSE 'user' END "
-        "WHERE p.id IS NULL ORDER BY m.id LIMIT 20")
+        "WHERE p.id IS NULL ORDER BY m.id")
+    half = [r[:4] for r in half if not (r[1] == "user" and r[4] in interrupted)][:20]
     if half:
         problems.append(f"half-written exchanges (row without its pair): {half!r}")
     return problems
