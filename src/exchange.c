@@ -198,7 +198,7 @@ static int admit_stream(struct exchange *ex)
 	char msg[128];
 	cJSON *o;
 
-	if (limits_stream_enter(ex->user.id, &ex->stream_slot) == 0)
+	if (limits_enter(ex->user.id, &ex->stream_slot) == 0)
 		return 0;
 	snprintf(msg, sizeof msg,
 		 "Too many open streams: at most %d per user. Close one and retry.",
@@ -318,7 +318,7 @@ int exchange_store(struct exchange *ex, int complete)
 void exchange_end(struct exchange *ex)
 {
 	if (ex->stream_slot >= 0)
-		limits_stream_leave(ex->stream_slot);
+		limits_leave(ex->stream_slot);
 	if (ex->have_user)
 		users_clear(&ex->user);
 	history_free(&ex->history);
