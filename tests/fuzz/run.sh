@@ -26,10 +26,10 @@ LIBS="-lfcgi -lcurl -lcjson -lsqlite3 -lsodium -lpthread"
 # The src/ files each target links, and its input size limit.
 sources() {
 	case $1 in
-	query | body) echo request config log metrics response buf ;;
+	query | body) echo request config log metrics shm response buf ;;
 	jwt) echo jwt buf ;;
-	ndjson) echo ndjson upstream config log metrics buf ;;
-	sse) echo sse request response config log metrics buf ;;
+	ndjson) echo ndjson upstream config log metrics shm buf ;;
+	sse) echo sse request response config log metrics shm buf ;;
 	esac
 }
 max_len() {
