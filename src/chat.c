@@ -16,15 +16,19 @@ void chat_post(struct request *r)
 {
 	struct exchange ex;
 	cJSON *o;
+	int stored;
 
 	if (exchange_begin(&ex, r, 0, 0) < 0)
 		goto out;
 	/* A restart lets this finish: it is bounded by the total timeout. */
 	if (exchange_run(&ex, config.upstream_total_timeout) < 0) {
+		exchange_release_slot(&ex);
 		resp_detail(r, ex.result.kind == METRICS_UE_TIMEOUT ? 504 : 502, ex.result.error);
 		goto out;
 	}
-	if (exchange_store(&ex, 1) < 0) {
+	stored = exchange_store(&ex, 1);
+	exchange_release_slot(&ex); /* the chat is over, only its answer is left */
+	if (stored < 0) {
 		resp_detail(r, 503, "The reply could not be saved; please retry.");
 		goto out;
 	}

@@ -36,6 +36,7 @@ struct config {
 	int ping_interval;	      /* seconds between ": ping" comments */
 	int prompt_cache_ttl;	      /* seconds */
 	int max_streams_per_user;
+	int max_chats_per_user;	     /* non-stream chats in progress, across processes */
 	int hash_concurrency;	     /* concurrent password hashes */
 	int login_failures_per_user; /* failed logins before 429 ... */
 	int login_failures_per_addr;

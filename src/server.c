@@ -309,6 +309,8 @@ int server_main(const struct server_spec *s)
 			 "only");
 	if (s->streams)
 		limits_open("streams", config.streams_max, config.max_streams_per_user);
+	else if (s->chats) /* a chat holds a worker thread: one slot each */
+		limits_open("chats", config.workers, config.max_chats_per_user);
 	if (s->streams && relay_start() < 0)
 		return 1;
 	rc = run_workers(&reload);

@@ -1,15 +1,18 @@
-"""The files processes share (issue 10, item 12).
+"""The files processes share (issue 10, item 12) and the per-user cap on
+chats in progress (item 4).
 
 Each chat_stream process publishes run/streams.<pid> (its open streams, by
-user), every responder process metrics/<responder>.<pid> (its counters).
-Whatever happens to one of those files — truncated while in use, garbage
-put in their place — no responder faults, /api/metrics answers, the caps
-hold, the damage is logged, and an owner puts its file back. Files of dead processes go away (their counters
+user), each chat process run/chats.<pid>, every responder process
+metrics/<responder>.<pid> (its counters). Whatever happens to one of those
+files — truncated while in use, garbage put in their place — no responder
+faults, /api/metrics answers, the caps hold, the damage is logged, and an
+owner puts its file back. Files of dead processes go away (their counters
 folded into metrics/retired, so totals never drop)."""
 
 import os
 import random
 import signal
+import socket
 import struct
 import subprocess
 import threading
@@ -249,6 +252,7 @@ DEAD_FILES = [
     # name, directory, file name (PID: a process that has exited), content, what looks
     ("streams-file", "run", "streams.PID", lambda pid: streams_header(pid, 2, 1) + bytes(16),
      "stream"),
+    ("chats-file", "run", "chats.PID", lambda pid: streams_header(pid, 2, 1) + bytes(16), "chat"),
     ("metrics-file-of-another-layout", "metrics", "token.PID",
      lambda pid: struct.pack("=IIiI", 0x6A617276, 1, pid, 0) + bytes(1200), "scrape"),
 ]
@@ -266,6 +270,8 @@ def test_files_of_dead_processes_found_while_counting_are_removed(stack, case):
     def gone():
         if look == "stream":
             assert stream_status(stack, access).status == 200
+        elif look == "chat":
+            assert chat(stack, access, "count", tokens=1).status == 200
         else:
             scrape(stack)
         return not path.exists()
@@ -339,3 +345,69 @@ def test_a_scrape_folds_the_counters_of_a_dead_process_exactly_once(stack):
         (before, copied, requests_total(first, "token", 200))
     for _ in range(3):  # in "retired" now, counted once
         assert requests_total(scrape(stack), "token", 200) == before + copied
+
+
+# --- chats in progress per user ---------------------------------------------------
+
+
+class HeldChat:
+    """POST /api/chat/ on a connection of its own, answered or left later."""
+
+    def __init__(self, stack, token, content, **kw):
+        body = {"message": steered(content, **kw)}
+        raw = harness._build_request(stack.port, "POST", "/api/chat/", None, body, None,
+                                     token, None)
+        self.sock = socket.create_connection(("127.0.0.1", stack.port), timeout=60)
+        self.sock.sendall(raw)
+
+    def leave(self):
+        self.sock.close()
+
+
+def fake_saw(stack, marker):
+    return sum(marker in (r.get("last_content") or "") for r in stack.fake_requests())
+
+
+CHATS_DETAIL = "Too many chats in progress: at most 2 per user. Wait for one to finish and retry."
+
+
+@harness.timeout(180)
+@harness.stack_env(JARVAS_MAX_CHATS_PER_USER="2", JARVAS_PROCS_CHAT="2",
+                   JARVAS_UPSTREAM_IDLE_TIMEOUT="15")
+def test_chats_in_progress_per_user_are_capped_across_processes(stack):
+    name, pw = stack.user("chatcap")
+    access, _ = stack.login(name, pw)
+    other_access, _ = stack.login(*stack.user("chatcap_other"))
+    # Two chats in progress: one the model takes ~10 s over, one it never answers.
+    slow = HeldChat(stack, access, "slow one", tokens=4, delay_ms=2000)
+    wait_for(lambda: fake_saw(stack, "slow one"), 20, "the slow chat upstream")
+    hung = HeldChat(stack, access, "hung one", hang=1)
+    wait_for(lambda: fake_saw(stack, "hung one"), 20, "the hung chat upstream")
+    try:
+        # The third is refused before anything is stored or sent upstream.
+        r = chat(stack, access, "third one", tokens=1)
+        assert r.status == 429, r
+        assert r.json() == {"detail": CHATS_DETAIL}, r.json()
+        assert r.headers.get("retry-after", "").isdigit(), r.headers
+        assert fake_saw(stack, "third one") == 0
+        assert stack.sqlite("SELECT count(*) FROM messages WHERE content LIKE ?",
+                            ("third one%",)) == [(0,)]
+        # Another user is not affected.
+        assert chat(stack, other_access, "other user", tokens=1).status == 200
+        # The slow one's client leaves; its slot comes back once the chat is over.
+        slow.leave()
+        deadline = time.monotonic() + 60
+        while True:
+            r = chat(stack, access, "after the slow one", tokens=1)
+            if r.status != 429 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert r.status == 200, r
+        # A chat's slot is back before its answer is: the next one, sent as
+        # soon as the answer is in, is admitted.
+        for i in range(10):
+            r = chat(stack, access, f"in a row {i}", tokens=1)
+            assert r.status == 200, (i, r)
+    finally:
+        slow.leave()
+        hung.leave()
