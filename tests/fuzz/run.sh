@@ -15,7 +15,7 @@ set -u
 cd "$(dirname "$0")/../.." || exit 1
 
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=${FUZZ_TARGETS:-query body jwt ndjson sse fcgi_wire}
+TARGETS=${FUZZ_TARGETS:-query body jwt ndjson sse shm fcgi_wire}
 CLANG=${CLANG:-clang}
 OUT=build/fuzz
 FLAGS="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
@@ -30,6 +30,7 @@ sources() {
 	jwt) echo jwt buf ;;
 	ndjson) echo ndjson upstream config log metrics shm buf ;;
 	sse) echo sse request response config log metrics shm buf ;;
+	shm) echo limits metrics shm config log buf ;;
 	fcgi_wire) echo fcgi_wire buf ;;
 	esac
 }
