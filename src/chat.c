@@ -19,11 +19,13 @@ void chat_post(struct request *r)
 {
 	struct exchange ex;
 	cJSON *o;
+	int stored;
 
 	if (exchange_begin(&ex, r, 0, 0) < 0)
 		goto out;
 	/* A restart lets this finish: it is bounded by the total timeout. */
 	if (exchange_run(&ex, config.upstream_total_timeout) < 0) {
+		exchange_release_slot(&ex);
 		if (ex.result.outcome == UPSTREAM_STOPPED && ex.reply_cut) {
 			resp_detail(r, 502, "The reply was too long and was stopped.");
 		} else if (ex.result.outcome == UPSTREAM_STOPPED) {
@@ -38,7 +40,9 @@ void chat_post(struct request *r)
 		}
 		goto out;
 	}
-	if (exchange_store(&ex, 1) < 0) {
+	stored = exchange_store(&ex, 1);
+	exchange_release_slot(&ex); /* the chat is over, only its answer is left */
+	if (stored < 0) {
 		resp_detail(r, 503, "The reply could not be saved; please retry.");
 		goto out;
 	}

@@ -330,6 +330,7 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 	INT_SETTING(config.stream_save_interval, "JARVAS_STREAM_SAVE_INTERVAL", 3, 1, 3600);
 	INT_SETTING(config.prompt_cache_ttl, "JARVAS_PROMPT_CACHE_TTL", 3600, 1, 365L * 86400);
 	INT_SETTING(config.max_streams_per_user, "JARVAS_MAX_STREAMS_PER_USER", 4, 1, 100000);
+	INT_SETTING(config.max_chats_per_user, "JARVAS_MAX_CHATS_PER_USER", 4, 1, 100000);
 	INT_SETTING(config.hash_concurrency, "JARVAS_HASH_CONCURRENCY", 2, 1, 64);
 	INT_SETTING(config.login_failures_per_user, "JARVAS_LOGIN_FAILURES_PER_USER", 10, 1,
 		    1000000);

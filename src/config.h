@@ -48,6 +48,7 @@ struct config {
 	int stream_save_interval;     /* seconds between saves of a growing reply */
 	int prompt_cache_ttl;	      /* seconds */
 	int max_streams_per_user;
+	int max_chats_per_user;	     /* non-stream chats in progress, across processes */
 	int hash_concurrency;	     /* concurrent password hashes */
 	int login_failures_per_user; /* attempts per address and username ... */
 	int login_failures_per_addr; /* ... per address ... */

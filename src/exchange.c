@@ -205,17 +205,24 @@ fail:
 	return -1;
 }
 
-/* The user's open-stream cap, before anything is written for this one. */
-static int admit_stream(struct exchange *ex)
+/* The user's cap on open streams (stream) or on chats in progress,
+ * before anything is written or sent upstream for this one. */
+static int admit(struct exchange *ex, int stream)
 {
 	char msg[128];
 	cJSON *o;
 
-	if (limits_stream_enter(ex->user.id, &ex->stream_slot) == 0)
+	if (limits_enter(ex->user.id, &ex->stream_slot) == 0)
 		return 0;
-	snprintf(msg, sizeof msg,
-		 "Too many open streams: at most %d per user. Close one and retry.",
-		 config.max_streams_per_user);
+	if (stream)
+		snprintf(msg, sizeof msg,
+			 "Too many open streams: at most %d per user. Close one and retry.",
+			 config.max_streams_per_user);
+	else
+		snprintf(msg, sizeof msg,
+			 "Too many chats in progress: at most %d per user. Wait for one to "
+			 "finish and retry.",
+			 config.max_chats_per_user);
 	o = cJSON_CreateObject();
 	if (o && !cJSON_AddStringToObject(o, "detail", msg)) {
 		cJSON_Delete(o);
@@ -233,7 +240,7 @@ int exchange_begin(struct exchange *ex, struct request *r, int from_query, int s
 	ex->have_user = 1;
 	if ((from_query ? read_input_query(ex) : read_input_body(ex)) < 0)
 		return -1;
-	if (stream && admit_stream(ex) < 0)
+	if (admit(ex, stream) < 0)
 		return -1;
 	if (load_context(ex, stream) < 0) {
 		resp_detail(r, 503, "Database unavailable, please retry.");
@@ -358,7 +365,7 @@ int exchange_store(struct exchange *ex, int complete)
 void exchange_release_slot(struct exchange *ex)
 {
 	if (ex->stream_slot >= 0)
-		limits_stream_leave(ex->stream_slot);
+		limits_leave(ex->stream_slot);
 	ex->stream_slot = -1;
 }
 

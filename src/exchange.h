@@ -40,14 +40,14 @@ struct exchange {
 	struct buf reply;     /* everything sent on to the client */
 	struct upstream_result result;
 	int reply_cut;	 /* the reply outgrew ex->reply's cap: the model was stopped */
-	int stream_slot; /* limits slot held, or -1 */
+	int stream_slot; /* limits slot held (a stream's or a chat's), or -1 */
 };
 
 /* from_query: read message, conversation_id (and access_token) from the
- * query string (GET of the stream) instead of the body.  stream: count
- * this exchange against the user's open-stream cap (429 past it) and
- * reserve its message ids now.  0, or -1 with the error answer already
- * sent. */
+ * query string (GET of the stream) instead of the body.  Counts the
+ * exchange against the user's cap of this process's kind, open streams or
+ * chats in progress (429 past it, limits.h).  stream: reserve its message
+ * ids now.  0, or -1 with the error answer already sent. */
 int exchange_begin(struct exchange *ex, struct request *r, int from_query, int stream);
 
 /* The messages to send upstream: system prompt, history, the new one.
@@ -70,7 +70,9 @@ int exchange_run(struct exchange *ex, int total_timeout);
  * the reply was cut short.  0 (also when nothing to store) or -1. */
 int exchange_store(struct exchange *ex, int complete);
 
-/* Give the user's stream slot back (exchange_end() does it too). */
+/* Give the user's slot back: before the last bytes of the answer go out,
+ * so that the user's next request, sent once this one is answered, is
+ * admitted.  exchange_end() does it when nobody did. */
 void exchange_release_slot(struct exchange *ex);
 
 void exchange_end(struct exchange *ex);

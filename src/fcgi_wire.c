@@ -37,6 +37,11 @@ int fcgi_wire_stdout_end(struct buf *out, long at, int request_id)
 	size_t extra, pos, left;
 	char hdr[FCGI_WIRE_HEADER];
 
+	if (content == 0) {
+		out->len = (size_t)at; /* an empty FCGI_STDOUT would end the stream */
+		out->data[out->len] = '\0';
+		return 0;
+	}
 	if (content <= RECORD_MAX) {
 		put_header((unsigned char *)out->data + at, FCGI_STDOUT, request_id, content);
 		return 0;

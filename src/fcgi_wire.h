@@ -20,7 +20,8 @@
  * returned.  -1 when out is full. */
 long fcgi_wire_stdout_begin(struct buf *out);
 /* Fill in the header of the record begun at offset `at`; content longer
- * than a record holds (65,535 bytes) is split into several.  0 or -1. */
+ * than a record holds (65,535 bytes) is split into several, and no
+ * content gives no record (an empty one ends the stream).  0 or -1. */
 int fcgi_wire_stdout_end(struct buf *out, long at, int request_id);
 
 /* Append the end of the request: an empty FCGI_STDOUT (end of stream) and

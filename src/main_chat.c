@@ -21,6 +21,7 @@ int main(void)
 		.name = "chat",
 		.routes = routes,
 		.nroutes = sizeof routes / sizeof routes[0],
+		.chats = 1,
 	};
 
 	return server_main(&spec);

@@ -1,32 +1,36 @@
 /*
  * metrics — per-process shared-memory counters, summed on read (see
- * metrics.h).  The file layout is a plain struct of 64-bit counters; a
- * reader ignores files whose magic or size does not match, so a layout
- * change never produces wrong sums, only a reset.
+ * metrics.h).
+ *
+ * Folding: a process that finds the file of a dead one adds its counters
+ * to "retired", writes that, then removes the file, all while holding an
+ * exclusive flock on "retired"; every reader holds it too while it sums.
+ * So each file is counted exactly once, in a sum or in "retired", even
+ * when two processes start at once.  "retired" remembers the id of the
+ * last file folded in: a fold that stopped between its write and the
+ * removal is finished by the next one without counting the file twice.
  */
 #include "metrics.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
-#include <stddef.h>
-#include <stdint.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
 #include "log.h"
+#include "shm.h"
 
-#define METRICS_MAGIC 0x6a617276u /* "jarv" */
-#define METRICS_VERSION 2	  /* 2: the chat_stream_ticket endpoint */
+#define RETIRED "retired"
 
-static const int status_codes[] = {200, 204, 400, 401, 403, 404, 405,
-				   413, 415, 429, 500, 502, 503, 504};
-#define NSTATUS (sizeof status_codes / sizeof status_codes[0] + 1) /* + other */
+static const int status_codes[METRICS_NSTATUS - 1] = {200, 204, 400, 401, 403, 404, 405,
+						      413, 415, 429, 500, 502, 503, 504};
+#define NSTATUS METRICS_NSTATUS
 
 static const char *const endpoint_names[METRICS_EP_COUNT] = {
 	"token",   "token_refresh", "token_verify",	  "chat",  "chat_history", "health",
@@ -44,74 +48,278 @@ static const double duration_bounds[] = {100,	500,   1000,   5000,   10000,
 					 30000, 60000, 300000, 1800000};
 #define NDURATION (sizeof duration_bounds / sizeof duration_bounds[0])
 
-struct histogram_counts {
-	uint64_t bucket[NFIRST + 1];
-	uint64_t count;
-	uint64_t sum_us;
-};
+_Static_assert(NFIRST + 1 <= METRICS_NBUCKETS && NDURATION + 1 <= METRICS_NBUCKETS,
+	       "histogram buckets");
 
-struct metrics_file {
-	uint32_t magic;
-	uint32_t version;
-	int32_t pid;
-	uint32_t pad;
-	uint64_t requests[METRICS_EP_COUNT][NSTATUS];
-	struct histogram_counts first_chunk;
-	struct histogram_counts stream_duration;
-	int64_t active_streams;
-	uint64_t cache_hits;
-	uint64_t cache_misses;
-	uint64_t upstream_errors[METRICS_UE_COUNT];
-	uint64_t client_aborts;
-};
+/* The counters start here and are whole 64-bit words to the end. */
+#define COUNTERS_AT offsetof(struct metrics_file, requests)
+#define WORDS ((sizeof(struct metrics_file) - COUNTERS_AT) / 8)
+#define GAUGE_WORD ((offsetof(struct metrics_file, active_streams) - COUNTERS_AT) / 8)
+_Static_assert(COUNTERS_AT % 8 == 0 && sizeof(struct metrics_file) % 8 == 0, "word layout");
 
-/* Mapped once in metrics_open() before threads start; then only touched
- * with atomic operations, so no lock. */
+/* Mapped once in metrics_open() before threads start, then only touched
+ * with atomic operations, so no lock; the address stays valid whatever
+ * happens to the file (shm.h).  mine_lock is for the watcher, which
+ * restores the file, and for metrics_open(). */
 static struct metrics_file *mine;
+static struct shm_file mine_file;
+static uint64_t mine_id;
+static pthread_mutex_t mine_lock = PTHREAD_MUTEX_INITIALIZER;
 
 #define ADD(field, n) __atomic_fetch_add(&(field), (n), __ATOMIC_RELAXED)
 
+int metrics_file_parse(const void *data, size_t n, struct metrics_file *out)
+{
+	if (n != sizeof *out)
+		return -1;
+	memcpy(out, data, sizeof *out);
+	if (out->magic != METRICS_MAGIC || out->version != METRICS_VERSION ||
+	    out->size != sizeof *out || out->pid < 0 || (out->pid > 0 && out->id == 0))
+		return -1;
+	return 0;
+}
+
+void metrics_file_add(struct metrics_file *sum, const struct metrics_file *f, int live)
+{
+	uint64_t a[WORDS], b[WORDS];
+
+	/* Unsigned: garbage that passes the checks wraps, it never overflows. */
+	memcpy(a, (const char *)sum + COUNTERS_AT, sizeof a);
+	memcpy(b, (const char *)f + COUNTERS_AT, sizeof b);
+	for (size_t i = 0; i < WORDS; i++)
+		if (live || i != GAUGE_WORD)
+			a[i] += b[i];
+	memcpy((char *)sum + COUNTERS_AT, a, sizeof a);
+}
+
+static void header(struct metrics_file *f, int32_t pid, uint64_t id)
+{
+	f->magic = METRICS_MAGIC;
+	f->version = METRICS_VERSION;
+	f->pid = pid;
+	f->size = sizeof *f;
+	f->id = id;
+	f->folded = 0;
+}
+
+/* The file's content: the counters as they are, under our header. */
+static void mine_image(void *image, size_t size)
+{
+	memcpy(image, mine_file.map, size);
+	header(image, (int32_t)getpid(), mine_id);
+}
+
+static int mine_intact(const void *map, size_t size)
+{
+	const struct metrics_file *m = map;
+
+	(void)size;
+	return m->magic == METRICS_MAGIC && m->version == METRICS_VERSION && m->size == sizeof *m &&
+	       m->pid == (int32_t)getpid() && m->id == mine_id;
+}
+
+/* One pass over the directory: fold the files of dead processes into
+ * "retired" and, when sum is set, add up everything. */
+struct scan {
+	int fd; /* "retired", locked; -1: it cannot be used, nothing is folded */
+	struct metrics_file retired;
+	struct metrics_file *sum;
+	struct buf io;
+};
+
+static void scan_begin(struct scan *s, struct metrics_file *sum)
+{
+	struct buf path;
+	ssize_t n;
+
+	memset(s, 0, sizeof *s);
+	s->sum = sum;
+	buf_init(&s->io, sizeof s->retired + 1);
+	buf_init(&path, 8192);
+	s->fd = -1;
+	if (buf_printf(&path, "%s/" RETIRED, config.metrics_dir) != BUF_OK)
+		goto out;
+	s->fd = open(buf_str(&path), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (s->fd < 0) {
+		shm_skip(buf_str(&path), strerror(errno));
+		goto out;
+	}
+	while (flock(s->fd, LOCK_EX) < 0)
+		if (errno != EINTR) {
+			shm_skip(buf_str(&path), strerror(errno));
+			goto fail;
+		}
+	n = shm_read(s->fd, &s->io, sizeof s->retired + 1);
+	if (n < 0)
+		goto fail;
+	if (n == 0 || metrics_file_parse(s->io.data, (size_t)n, &s->retired) < 0 ||
+	    s->retired.pid != 0) {
+		if (n > 0)
+			shm_skip(buf_str(&path),
+				 "not a retired-counters file of this layout; starting it anew");
+		memset(&s->retired, 0, sizeof s->retired);
+		header(&s->retired, 0, 0);
+	}
+	goto out;
+fail:
+	close(s->fd);
+	s->fd = -1;
+out:
+	buf_free(&path);
+}
+
+static void scan_end(struct scan *s)
+{
+	if (s->sum && s->fd >= 0)
+		metrics_file_add(s->sum, &s->retired, 0);
+	if (s->fd >= 0)
+		close(s->fd); /* and with it the lock */
+	buf_free(&s->io);
+}
+
+/* Add f to "retired" and write it; 0, or -1 with nothing changed. */
+static int fold(struct scan *s, const struct metrics_file *f)
+{
+	struct metrics_file before = s->retired;
+
+	metrics_file_add(&s->retired, f, 0);
+	s->retired.folded = f->id;
+	if (ftruncate(s->fd, sizeof s->retired) == 0 &&
+	    pwrite(s->fd, &s->retired, sizeof s->retired, 0) == (ssize_t)sizeof s->retired)
+		return 0;
+	log_warn("metrics: cannot write %s/" RETIRED ": %s", config.metrics_dir, strerror(errno));
+	s->retired = before;
+	return -1;
+}
+
+static const char other_layout[] = "a counter file of another layout";
+
+/* Why the counter file at path cannot be read into *f, or NULL. */
+static const char *read_counters(struct scan *s, const char *path, pid_t pid,
+				 struct metrics_file *f)
+{
+	uint32_t head[4] = {0};
+	const char *why = NULL;
+	ssize_t n;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return errno == ENOENT ? "" : strerror(errno); /* gone meanwhile: say nothing */
+	n = shm_read(fd, &s->io, sizeof *f + 1); /* one more: a longer file is no counter file */
+	if (n > 0)
+		memcpy(head, s->io.data, (size_t)n < sizeof head ? (size_t)n : sizeof head);
+	if (n < 0)
+		why = strerror(errno);
+	else if (metrics_file_parse(s->io.data, (size_t)n, f) == 0)
+		why = f->pid == pid ? NULL : "the pid in its header is not the one in its name";
+	else if (head[0] != METRICS_MAGIC)
+		why = "not a counter file (wrong magic number)";
+	else if (head[1] != METRICS_VERSION || head[3] != sizeof *f)
+		why = other_layout;
+	else
+		why = "truncated, or not the size of a counter file";
+	close(fd);
+	return why;
+}
+
+static void visit(const char *path, const char *name, void *ctx)
+{
+	struct scan *s = ctx;
+	struct metrics_file f;
+	const char *why;
+	pid_t pid;
+	int live;
+
+	if (strcmp(name, RETIRED) == 0)
+		return;
+	pid = shm_name_pid(name, NULL);
+	if (!pid) {
+		shm_skip(path, "not a <responder>.<pid> name");
+		return;
+	}
+	why = read_counters(s, path, pid, &f);
+	if (why == other_layout && !shm_pid_alive(pid)) {
+		/* Left by an older or newer build: its counters cannot be added
+		 * up with ours (a layout change is a reset), its process is gone. */
+		unlink(path);
+		shm_skip(path, "a counter file of another layout whose process is gone; removed");
+		return;
+	}
+	if (why) {
+		if (*why)
+			shm_skip(path, why);
+		return;
+	}
+	if (s->fd >= 0 && f.id == s->retired.folded) {
+		unlink(path); /* folded already, only this was left to do */
+		return;
+	}
+	live = shm_pid_alive(pid);
+	if (!live && s->fd >= 0 && fold(s, &f) == 0) {
+		unlink(path);
+		return;
+	}
+	if (s->sum)
+		metrics_file_add(s->sum, &f, live);
+}
+
+static uint64_t new_id(void)
+{
+	uint64_t id = 0;
+
+	if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
+		id = (uint64_t)time(NULL) << 32 ^ (uint64_t)getpid();
+	return id ? id : 1;
+}
+
 int metrics_open(void)
 {
-	char path[4096];
-	int fd, n;
+	struct scan s;
+	struct buf path;
+	int rc = -1;
 
-	n = snprintf(path, sizeof path, "%s/%s.%d", config.metrics_dir, config.responder,
-		     (int)getpid());
-	if (n < 0 || (size_t)n >= sizeof path)
-		return -1;
-	/* No O_TRUNC: after a reload (same pid, same file) the counters go on. */
-	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		log_warn("metrics off: cannot create %s: %s", path, strerror(errno));
-		return -1;
+	buf_init(&path, 8192);
+	if (buf_printf(&path, "%s/%s.%d", config.metrics_dir, config.responder, (int)getpid()) !=
+	    BUF_OK)
+		goto out;
+	/* Under the lock, so that nobody folds a file of our pid (a process
+	 * that had it before us) while we take it over. */
+	scan_begin(&s, NULL);
+	shm_scan(config.metrics_dir, visit, &s);
+	mine_file.what = "metrics";
+	mine_file.image = mine_image;
+	mine_file.intact = mine_intact;
+	mine_file.lock = &mine_lock;
+	pthread_mutex_lock(&mine_lock);
+	/* keep: after a reload (same pid, same file) the counters go on. */
+	if (shm_file_open(&mine_file, buf_str(&path), sizeof *mine, 1) == 0) {
+		struct metrics_file *m = mine_file.map;
+
+		/* Ours from before a reload, or reset; never one already folded
+		 * (a process of our pid that died halfway through a fold). */
+		if (m->magic != METRICS_MAGIC || m->version != METRICS_VERSION ||
+		    m->size != sizeof *m || m->pid != (int32_t)getpid() || m->id == 0 ||
+		    (s.fd >= 0 && m->id == s.retired.folded)) {
+			memset(m, 0, sizeof *m);
+			header(m, (int32_t)getpid(), new_id());
+		}
+		mine_id = m->id;
+		m->active_streams = 0; /* no stream survives a reload */
+		mine = m;
+		rc = 0;
 	}
-	if (ftruncate(fd, sizeof *mine) < 0) {
-		log_warn("metrics off: %s: %s", path, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	mine = mmap(NULL, sizeof *mine, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	close(fd);
-	if (mine == MAP_FAILED) {
-		mine = NULL;
-		return -1;
-	}
-	if (mine->magic != METRICS_MAGIC || mine->version != METRICS_VERSION ||
-	    mine->pid != (int32_t)getpid()) {
-		memset(mine, 0, sizeof *mine);
-		mine->pid = (int32_t)getpid();
-		mine->version = METRICS_VERSION;
-		__atomic_store_n(&mine->magic, METRICS_MAGIC, __ATOMIC_RELEASE);
-	}
-	mine->active_streams = 0; /* no stream survives a reload */
-	return 0;
+	pthread_mutex_unlock(&mine_lock);
+	scan_end(&s);
+out:
+	if (rc < 0)
+		log_warn("metrics off in this process");
+	buf_free(&path);
+	return rc;
 }
 
 void metrics_close(void)
 {
-	if (mine)
-		munmap(mine, sizeof *mine);
+	shm_file_close(&mine_file, 0);
 	mine = NULL;
 }
 
@@ -128,7 +336,7 @@ void metrics_count_request(int endpoint, int status)
 	ADD(mine->requests[endpoint][i], 1);
 }
 
-static void histogram_add(struct histogram_counts *h, const double *bounds, size_t n, double ms)
+static void histogram_add(struct metrics_histogram *h, const double *bounds, size_t n, double ms)
 {
 	size_t i;
 
@@ -175,48 +383,8 @@ void metrics_client_abort(void)
 		ADD(mine->client_aborts, 1);
 }
 
-static int process_alive(pid_t pid)
-{
-	return kill(pid, 0) == 0 || errno == EPERM;
-}
-
-/* Add one file's counters into sum.  Gauges only for live processes. */
-static void sum_file(struct metrics_file *sum, const char *path)
-{
-	const struct metrics_file *m;
-	struct stat st;
-	const uint64_t *src;
-	uint64_t *dst;
-	size_t i, words;
-	int fd;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return;
-	if (fstat(fd, &st) < 0 || (size_t)st.st_size != sizeof *m) {
-		close(fd);
-		return;
-	}
-	m = mmap(NULL, sizeof *m, PROT_READ, MAP_SHARED, fd, 0);
-	close(fd);
-	if (m == MAP_FAILED)
-		return;
-	if (__atomic_load_n(&m->magic, __ATOMIC_ACQUIRE) == METRICS_MAGIC &&
-	    m->version == METRICS_VERSION) {
-		/* Everything after the header is 64-bit counters. */
-		src = (const uint64_t *)&m->requests;
-		dst = (uint64_t *)&sum->requests;
-		words = (sizeof *m - offsetof(struct metrics_file, requests)) / 8;
-		for (i = 0; i < words; i++)
-			dst[i] += __atomic_load_n(&src[i], __ATOMIC_RELAXED);
-		if (!process_alive(m->pid))
-			sum->active_streams -= m->active_streams;
-	}
-	munmap((void *)m, sizeof *m);
-}
-
 static void render_histogram(struct buf *out, const char *name, const char *help,
-			     const struct histogram_counts *h, const double *bounds, size_t n)
+			     const struct metrics_histogram *h, const double *bounds, size_t n)
 {
 	uint64_t cum = 0;
 	size_t i;
@@ -236,26 +404,13 @@ static void render_histogram(struct buf *out, const char *name, const char *help
 int metrics_render(struct buf *out)
 {
 	struct metrics_file sum;
-	struct dirent *de;
-	DIR *dir;
+	struct scan sc;
 	size_t e, s;
 
 	memset(&sum, 0, sizeof sum);
-	dir = opendir(config.metrics_dir);
-	if (dir) {
-		char path[4096];
-
-		while ((de = readdir(dir)) != NULL) {
-			int n;
-
-			if (de->d_name[0] == '.')
-				continue;
-			n = snprintf(path, sizeof path, "%s/%s", config.metrics_dir, de->d_name);
-			if (n > 0 && (size_t)n < sizeof path)
-				sum_file(&sum, path);
-		}
-		closedir(dir);
-	}
+	scan_begin(&sc, &sum);
+	shm_scan(config.metrics_dir, visit, &sc);
+	scan_end(&sc);
 
 	buf_puts(out,
 		 "# HELP jarvas_requests_total Requests answered, by endpoint and HTTP status.\n"

@@ -4,12 +4,18 @@
  * Each process owns one small file in config.metrics_dir
  * (<responder>.<pid>) mapped with MAP_SHARED; the request path only does
  * relaxed atomic adds on it, which costs next to nothing.  /api/metrics
- * maps every file read-only and sums them, so the figures cover all
- * processes.  Counters of processes that have exited stay in the sum (they
- * are monotonic, as Prometheus expects); gauges count live processes only.
+ * reads every file (never maps it: see shm.h), checks it and sums, so the
+ * figures cover all processes; a file that is not one of ours is skipped
+ * and logged.  Counters are monotonic, as Prometheus expects, and the
+ * files stay bounded: the counters of a process that has exited are
+ * folded into one file, "retired", and its own file removed (at the next
+ * scrape or process start).  Gauges count live processes only.
  */
 #ifndef JARVAS_METRICS_H
 #define JARVAS_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
 
 #include "buf.h"
 
@@ -37,6 +43,48 @@ enum metrics_upstream_error {
 	METRICS_UE_OTHER,
 	METRICS_UE_COUNT
 };
+
+/* The status codes counted one by one, and one more for the others. */
+#define METRICS_NSTATUS 15
+/* Buckets of the longest histogram, +Inf included. */
+#define METRICS_NBUCKETS 15
+
+struct metrics_histogram {
+	uint64_t bucket[METRICS_NBUCKETS];
+	uint64_t count;
+	uint64_t sum_us;
+};
+
+#define METRICS_MAGIC 0x6a617276u /* "jarv" */
+#define METRICS_VERSION 3	  /* 3: the chat_stream_ticket endpoint */
+
+/* A counter file as it is on disk (native byte order: it never leaves
+ * the machine).  A reader takes a file only when its size, magic, version
+ * and size field match, so a layout change gives a reset, never wrong
+ * sums. */
+struct metrics_file {
+	uint32_t magic;
+	uint32_t version;
+	int32_t pid;	 /* its process; 0 in "retired" */
+	uint32_t size;	 /* sizeof(struct metrics_file) when it was written */
+	uint64_t id;	 /* random, never 0: tells a file from a later one of the same name */
+	uint64_t folded; /* "retired": the id of the last file folded in */
+	/* From here on only 64-bit counters; a sum adds them word by word. */
+	uint64_t requests[METRICS_EP_COUNT][METRICS_NSTATUS];
+	struct metrics_histogram first_chunk;
+	struct metrics_histogram stream_duration;
+	int64_t active_streams; /* the one gauge */
+	uint64_t cache_hits;
+	uint64_t cache_misses;
+	uint64_t upstream_errors[METRICS_UE_COUNT];
+	uint64_t client_aborts;
+};
+
+/* What a reader makes of the n bytes of a file: 0 with a copy in *out
+ * when they are a counter file of this layout, else -1. */
+int metrics_file_parse(const void *data, size_t n, struct metrics_file *out);
+/* Add f's counters into sum, its gauge too when live. */
+void metrics_file_add(struct metrics_file *sum, const struct metrics_file *f, int live);
 
 /* Open this process's counter file.  0, or -1 (metrics are then off: the
  * service runs without them rather than not at all). */

@@ -367,8 +367,10 @@ int server_main(const struct server_spec *s)
 	if (db_checkpointer_start() < 0)
 		log_warn("no checkpointer thread: the WAL is checkpointed by jarvas-admin init "
 			 "only");
-	if (s->streams && limits_open(config.streams_max) < 0)
-		log_warn("the per-user stream cap is not enforced in this process");
+	if (s->streams)
+		limits_open("streams", config.streams_max, config.max_streams_per_user);
+	else if (s->chats) /* a chat holds a worker thread: one slot each */
+		limits_open("chats", config.workers, config.max_chats_per_user);
 	if (s->streams && relay_start() < 0)
 		return 1;
 	rc = run_workers(&reload);

@@ -38,6 +38,7 @@ struct server_spec {
 	int nroutes;
 	int uses_passwords; /* initialise the password-hash limiter */
 	int streams;	    /* runs relay.c and the per-user open-stream cap */
+	int chats;	    /* the per-user cap on chats in progress */
 };
 
 int server_main(const struct server_spec *spec);

@@ -7,7 +7,7 @@
 # reproducer is kept in build/fuzz/artifacts/<target>/ and its log in
 # build/fuzz/<target>.log.  Rerun one input with
 #   build/fuzz/fuzz_<target> <reproducer>
-# Environment: FUZZ_SECONDS, FUZZ_TARGETS (default: all five),
+# Environment: FUZZ_SECONDS, FUZZ_TARGETS (default: all of them),
 # FUZZ_CFLAGS (extra compiler flags), CLANG (default clang).
 # The last line is "N passed, N failed"; the exit status is 0 when none failed.
 set -u
@@ -15,7 +15,7 @@ set -u
 cd "$(dirname "$0")/../.." || exit 1
 
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=${FUZZ_TARGETS:-query body jwt ndjson sse}
+TARGETS=${FUZZ_TARGETS:-query body jwt ndjson sse shm fcgi_wire}
 CLANG=${CLANG:-clang}
 OUT=build/fuzz
 FLAGS="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
@@ -26,10 +26,12 @@ LIBS="-lfcgi -lcurl -lcjson -lsqlite3 -lsodium -lpthread"
 # The src/ files each target links, and its input size limit.
 sources() {
 	case $1 in
-	query | body) echo request config log metrics response buf ;;
+	query | body) echo request config log metrics shm response buf ;;
 	jwt) echo jwt buf ;;
-	ndjson) echo ndjson upstream config log metrics buf ;;
-	sse) echo sse request response config log metrics buf ;;
+	ndjson) echo ndjson upstream config log metrics shm buf ;;
+	sse) echo sse request response config log metrics shm buf ;;
+	shm) echo limits metrics shm config log buf ;;
+	fcgi_wire) echo fcgi_wire buf ;;
 	esac
 }
 max_len() {

@@ -366,8 +366,10 @@ class Stack:
                 JARVAS_LISTEN=f"127.0.0.1:{self.port}",
                 JARVAS_UPSTREAM_URL=f"http://127.0.0.1:{self.fake_port}",
                 JARVAS_BIN_DIR=str(self._bin_dir()),
-                # Tests open many streams as one user; the cap has its own test.
+                # Tests open many streams and chats as one user; the caps have
+                # their own tests.
                 JARVAS_MAX_STREAMS_PER_USER="1000",
+                JARVAS_MAX_CHATS_PER_USER="1000",
                 # Every test logs in from 127.0.0.1, many fail on purpose;
                 # throttling has its own test.
                 JARVAS_LOGIN_FAILURES_PER_USER="1000000",
