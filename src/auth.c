@@ -62,30 +62,19 @@ static int verify_token(const char *token, size_t len, struct jwt_claims *claims
  * credentials of our scheme, -1 malformed header (answered). */
 static int bearer_token(struct request *r, const char *header, struct buf *token)
 {
-	const char *p = header, *word[3];
-	size_t len[3];
-	int n = 0;
+	const char *word;
+	size_t len;
+	int rc = request_split_bearer(header, &word, &len);
 
-	while (*p && n < 3) {
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (!*p)
-			break;
-		word[n] = p;
-		while (*p && *p != ' ' && *p != '\t')
-			p++;
-		len[n] = (size_t)(p - word[n]);
-		n++;
-	}
-	if (n == 0 || len[0] != 6 || memcmp(word[0], "Bearer", 6) != 0)
-		return 1;
-	if (n != 2) {
+	if (rc < 0) {
 		resp_detail_code(r, 401,
 				 "Authorization header must contain two space-delimited values",
 				 "bad_authorization_header");
 		return -1;
 	}
-	if (buf_append(token, word[1], len[1]) != BUF_OK) {
+	if (rc == 1)
+		return 1;
+	if (buf_append(token, word, len) != BUF_OK) {
 		resp_detail_code(r, 401, not_valid, "token_not_valid");
 		return -1;
 	}

@@ -15,6 +15,7 @@ void buf_init(struct buf *b, size_t max)
 	b->len = 0;
 	b->cap = 0;
 	b->max = max;
+	b->err = BUF_OK;
 }
 
 void buf_free(struct buf *b)
@@ -26,8 +27,22 @@ void buf_free(struct buf *b)
 void buf_reset(struct buf *b)
 {
 	b->len = 0;
+	b->err = BUF_OK;
 	if (b->data)
 		b->data[0] = '\0';
+}
+
+int buf_error(const struct buf *b)
+{
+	return b->err;
+}
+
+/* Record the first failure; every later append returns it. */
+static int fail(struct buf *b, int rc)
+{
+	if (b->err == BUF_OK)
+		b->err = rc;
+	return b->err;
 }
 
 int buf_reserve(struct buf *b, size_t extra)
@@ -35,8 +50,10 @@ int buf_reserve(struct buf *b, size_t extra)
 	size_t need, cap;
 	char *p;
 
+	if (b->err != BUF_OK)
+		return b->err;
 	if (extra > b->max - b->len)
-		return BUF_TOOBIG;
+		return fail(b, BUF_TOOBIG);
 	need = b->len + extra + 1; /* + NUL */
 	if (need <= b->cap)
 		return BUF_OK;
@@ -47,7 +64,7 @@ int buf_reserve(struct buf *b, size_t extra)
 		cap = b->max + 1;
 	p = realloc(b->data, cap);
 	if (!p)
-		return BUF_NOMEM;
+		return fail(b, BUF_NOMEM);
 	b->data = p;
 	b->cap = cap;
 	return BUF_OK;
@@ -82,6 +99,9 @@ int buf_vprintf(struct buf *b, const char *fmt, va_list ap)
 	size_t room = b->cap > b->len ? b->cap - b->len : 0;
 	int n, rc;
 
+	if (b->err != BUF_OK)
+		return b->err;
+
 	/* Format straight into the spare room when it fits (it usually
 	 * does): one vsnprintf() instead of a measuring one and a second. */
 	va_copy(ap2, ap);
@@ -90,7 +110,7 @@ int buf_vprintf(struct buf *b, const char *fmt, va_list ap)
 	if (n < 0) {
 		if (room)
 			b->data[b->len] = '\0';
-		return BUF_NOMEM;
+		return fail(b, BUF_NOMEM);
 	}
 	if ((size_t)n < room) { /* within max too: cap is at most max + 1 */
 		b->len += (size_t)n;
@@ -101,8 +121,10 @@ int buf_vprintf(struct buf *b, const char *fmt, va_list ap)
 	rc = buf_reserve(b, (size_t)n);
 	if (rc != BUF_OK)
 		return rc;
-	if (vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap) != n)
-		return BUF_NOMEM;
+	if (vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap) != n) {
+		b->data[b->len] = '\0';
+		return fail(b, BUF_NOMEM);
+	}
 	b->len += (size_t)n;
 	return BUF_OK;
 }

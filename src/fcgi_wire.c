@@ -3,7 +3,9 @@
  */
 #include "fcgi_wire.h"
 
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #define FCGI_VERSION_1 1
 #define FCGI_END_REQUEST 3
@@ -77,4 +79,15 @@ int fcgi_wire_end(struct buf *out, int request_id)
 	memset(rec + 2 * FCGI_WIRE_HEADER, 0, 8); /* appStatus 0, FCGI_REQUEST_COMPLETE */
 	rec[2 * FCGI_WIRE_HEADER + 4] = FCGI_REQUEST_COMPLETE;
 	return buf_append(out, rec, sizeof rec) == BUF_OK ? 0 : -1;
+}
+
+int fcgi_wire_drain(int fd, size_t max)
+{
+	char sink[16384];
+	size_t drained = 0;
+	ssize_t n = 0;
+
+	while (drained < max && (n = read(fd, sink, sizeof sink)) > 0)
+		drained += (size_t)n;
+	return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) ? -1 : 0;
 }

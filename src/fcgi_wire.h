@@ -4,7 +4,8 @@
  * libfcgi, then hands the connection to relay.c, which writes every later
  * byte itself on a non-blocking socket: FCGI_STDOUT records, and at the
  * end an empty FCGI_STDOUT and FCGI_END_REQUEST (FastCGI 1.0, sections
- * 3.3, 5.3 and 5.5).
+ * 3.3, 5.3 and 5.5).  And what may still come in on that socket, read
+ * and dropped without ever blocking.
  */
 #ifndef JARVAS_FCGI_WIRE_H
 #define JARVAS_FCGI_WIRE_H
@@ -27,5 +28,13 @@ int fcgi_wire_stdout_end(struct buf *out, long at, int request_id);
 /* Append the end of the request: an empty FCGI_STDOUT (end of stream) and
  * FCGI_END_REQUEST with application status 0.  0 or -1. */
 int fcgi_wire_end(struct buf *out, int request_id);
+
+/* Read and drop what the peer sent on a non-blocking socket (after the
+ * hand-off nginx sends nothing that matters: at most the rest of
+ * FCGI_STDIN), at most `max` bytes per call so one peer cannot hold the
+ * caller.  0 while the peer is there, -1 once it closed or failed.
+ * Never blocks (the socket is non-blocking); fuzzed with the peer still
+ * connected. */
+int fcgi_wire_drain(int fd, size_t max);
 
 #endif

@@ -46,7 +46,7 @@ static struct {
 	int nfree;
 	struct shm_file file;
 	struct slots_file *map; /* file.map, or NULL: the file could not be made */
-} own = {.lock = PTHREAD_MUTEX_INITIALIZER, .dir = {NULL, 0, 0, 4096}};
+} own = {.lock = PTHREAD_MUTEX_INITIALIZER, .dir = {.max = 4096}};
 
 /* Other processes' files, kept open: the list is refreshed from the
  * directory at most once a second, which is how soon a new process is
@@ -68,7 +68,7 @@ static struct {
 	time_t refreshed;
 	struct buf scratch; /* the file being counted */
 } peers = {.lock = PTHREAD_MUTEX_INITIALIZER,
-	   .scratch = {NULL, 0, 0, LIMITS_HEADER + (size_t)LIMITS_SLOTS_MAX * 8}};
+	   .scratch = {.max = LIMITS_HEADER + (size_t)LIMITS_SLOTS_MAX * 8}};
 
 static int64_t load64(const unsigned char *p)
 {

@@ -44,7 +44,7 @@ static int log_getpid(void)
 
 /* "time=... responder=... pid=...".  The date and time to the second are
  * formatted once a second per thread, not for every line. */
-static void log_time(struct buf *b)
+static int log_time(struct buf *b)
 {
 	static __thread struct {
 		time_t sec;
@@ -61,18 +61,19 @@ static void log_time(struct buf *b)
 			 tm.tm_sec);
 		stamp.sec = ts.tv_sec;
 	}
-	buf_printf(b, "time=%s.%03ldZ responder=%s pid=%d", stamp.text, ts.tv_nsec / 1000000,
-		   config.responder ? config.responder : "-", log_getpid());
+	return buf_printf(b, "time=%s.%03ldZ responder=%s pid=%d", stamp.text, ts.tv_nsec / 1000000,
+			  config.responder ? config.responder : "-", log_getpid());
 }
 
-/* Append ` key="value"` with quotes, backslashes and control bytes escaped. */
-static void log_quoted(struct buf *b, const char *key, const char *v)
+/* Append ` key="value"` with quotes, backslashes and control bytes
+ * escaped.  BUF_OK or the buffer's (sticky) error. */
+static int log_quoted(struct buf *b, const char *key, const char *v)
 {
 	static const char hex[] = "0123456789abcdef";
 
-	buf_putc(b, ' ');
-	buf_puts(b, key);
-	buf_append(b, "=\"", 2);
+	if (buf_putc(b, ' ') != BUF_OK || buf_puts(b, key) != BUF_OK ||
+	    buf_append(b, "=\"", 2) != BUF_OK)
+		return buf_error(b);
 	while (v && *v) {
 		size_t clean = 0;
 		unsigned char c;
@@ -81,22 +82,29 @@ static void log_quoted(struct buf *b, const char *key, const char *v)
 		while ((c = (unsigned char)v[clean]) != 0 && c != '"' && c != '\\' && c >= 0x20 &&
 		       c != 0x7f)
 			clean++;
-		buf_append(b, v, clean);
+		if (buf_append(b, v, clean) != BUF_OK)
+			return buf_error(b);
 		v += clean;
 		if (!c)
 			break;
 		if (c == '"' || c == '\\') {
 			char esc[2] = {'\\', (char)c};
-			buf_append(b, esc, 2);
+
+			if (buf_append(b, esc, 2) != BUF_OK)
+				return buf_error(b);
 		} else {
 			char esc[4] = {'\\', 'x', hex[c >> 4], hex[c & 15]};
-			buf_append(b, esc, 4);
+
+			if (buf_append(b, esc, 4) != BUF_OK)
+				return buf_error(b);
 		}
 		v++;
 	}
-	buf_putc(b, '"');
+	return buf_putc(b, '"');
 }
 
+/* Write a built line (never half a line: callers write only what they
+ * built whole). */
 static void log_write(struct buf *b)
 {
 	if (buf_putc(b, '\n') == BUF_OK) {
@@ -104,7 +112,6 @@ static void log_write(struct buf *b)
 		ssize_t rc = write(STDERR_FILENO, b->data, b->len);
 		(void)rc;
 	}
-	buf_free(b);
 }
 
 void log_request(const struct log_request_fields *f)
@@ -112,31 +119,34 @@ void log_request(const struct log_request_fields *f)
 	struct buf b;
 
 	buf_init(&b, 8192);
-	buf_reserve(&b, 512); /* one allocation for a usual line */
-	log_time(&b);
-	log_quoted(&b, "method", f->method ? f->method : "-");
-	log_quoted(&b, "path", f->path ? f->path : "-");
-	buf_printf(&b, " status=%d user=%lld duration_ms=%.2f", f->status, f->user_id,
-		   f->duration_ms);
-	if (f->first_chunk_ms >= 0)
-		buf_printf(&b, " first_chunk_ms=%.2f", f->first_chunk_ms);
-	buf_printf(&b, " bytes=%llu%s%s", f->bytes, f->note ? " " : "", f->note ? f->note : "");
-	log_write(&b);
+	if (buf_reserve(&b, 512) == BUF_OK && /* one allocation for a usual line */
+	    log_time(&b) == BUF_OK &&
+	    log_quoted(&b, "method", f->method ? f->method : "-") == BUF_OK &&
+	    log_quoted(&b, "path", f->path ? f->path : "-") == BUF_OK &&
+	    buf_printf(&b, " status=%d user=%lld duration_ms=%.2f", f->status, f->user_id,
+		       f->duration_ms) == BUF_OK &&
+	    (f->first_chunk_ms < 0 ||
+	     buf_printf(&b, " first_chunk_ms=%.2f", f->first_chunk_ms) == BUF_OK) &&
+	    buf_printf(&b, " bytes=%llu%s%s", f->bytes, f->note ? " " : "",
+		       f->note ? f->note : "") == BUF_OK)
+		log_write(&b);
+	buf_free(&b);
 }
 
 void log_event(const char *level, const char *fmt, ...)
 {
 	struct buf b, msg;
 	va_list ap;
+	int rc;
 
 	buf_init(&b, 8192);
 	buf_init(&msg, 4096);
 	va_start(ap, fmt);
-	buf_vprintf(&msg, fmt, ap);
+	rc = buf_vprintf(&msg, fmt, ap);
 	va_end(ap);
-	log_time(&b);
-	buf_printf(&b, " level=%s", level);
-	log_quoted(&b, "msg", buf_str(&msg));
+	if (log_time(&b) == BUF_OK && buf_printf(&b, " level=%s", level) == BUF_OK &&
+	    log_quoted(&b, "msg", rc == BUF_OK ? buf_str(&msg) : "(too long to log)") == BUF_OK)
+		log_write(&b);
 	buf_free(&msg);
-	log_write(&b);
+	buf_free(&b);
 }

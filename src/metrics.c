@@ -383,22 +383,28 @@ void metrics_client_abort(void)
 		ADD(mine->client_aborts, 1);
 }
 
-static void render_histogram(struct buf *out, const char *name, const char *help,
-			     const struct metrics_histogram *h, const double *bounds, size_t n)
+static int render_histogram(struct buf *out, const char *name, const char *help,
+			    const struct metrics_histogram *h, const double *bounds, size_t n)
 {
 	uint64_t cum = 0;
 	size_t i;
 
-	buf_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	if (buf_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name) != BUF_OK)
+		return -1;
 	for (i = 0; i < n; i++) {
 		cum += h->bucket[i];
-		buf_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i] / 1000.0,
-			   (unsigned long long)cum);
+		if (buf_printf(out, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i] / 1000.0,
+			       (unsigned long long)cum) != BUF_OK)
+			return -1;
 	}
 	cum += h->bucket[n];
-	buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
-	buf_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)h->sum_us / 1e6, name,
-		   (unsigned long long)h->count);
+	if (buf_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum) !=
+	    BUF_OK)
+		return -1;
+	if (buf_printf(out, "%s_sum %.6f\n%s_count %llu\n", name, (double)h->sum_us / 1e6, name,
+		       (unsigned long long)h->count) != BUF_OK)
+		return -1;
+	return 0;
 }
 
 int metrics_render(struct buf *out)
@@ -412,48 +418,59 @@ int metrics_render(struct buf *out)
 	shm_scan(config.metrics_dir, visit, &sc);
 	scan_end(&sc);
 
-	buf_puts(out,
-		 "# HELP jarvas_requests_total Requests answered, by endpoint and HTTP status.\n"
-		 "# TYPE jarvas_requests_total counter\n");
+	if (buf_puts(
+		    out,
+		    "# HELP jarvas_requests_total Requests answered, by endpoint and HTTP status.\n"
+		    "# TYPE jarvas_requests_total counter\n") != BUF_OK)
+		return -1;
 	for (e = 0; e < METRICS_EP_COUNT; e++)
 		for (s = 0; s < NSTATUS; s++) {
 			if (!sum.requests[e][s])
 				continue;
-			if (s < NSTATUS - 1)
-				buf_printf(out,
-					   "jarvas_requests_total{endpoint=\"%s\",status=\"%d\"} "
-					   "%llu\n",
-					   endpoint_names[e], status_codes[s],
-					   (unsigned long long)sum.requests[e][s]);
-			else
-				buf_printf(out,
-					   "jarvas_requests_total{endpoint=\"%s\",status=\"other\"}"
-					   " %llu\n",
-					   endpoint_names[e],
-					   (unsigned long long)sum.requests[e][s]);
+			if (s < NSTATUS - 1 ? buf_printf(out,
+							 "jarvas_requests_total{endpoint=\"%s\","
+							 "status=\"%d\"} %llu\n",
+							 endpoint_names[e], status_codes[s],
+							 (unsigned long long)sum.requests[e][s])
+					    : buf_printf(out,
+							 "jarvas_requests_total{endpoint=\"%s\","
+							 "status=\"other\"} %llu\n",
+							 endpoint_names[e],
+							 (unsigned long long)sum.requests[e][s]))
+				return -1;
 		}
-	render_histogram(out, "jarvas_first_chunk_seconds",
-			 "Time from request to the first chunk written to the client.",
-			 &sum.first_chunk, first_chunk_bounds, NFIRST);
-	render_histogram(out, "jarvas_stream_duration_seconds", "Duration of streamed exchanges.",
-			 &sum.stream_duration, duration_bounds, NDURATION);
-	buf_printf(out,
-		   "# HELP jarvas_active_streams Streams open now.\n"
-		   "# TYPE jarvas_active_streams gauge\njarvas_active_streams %lld\n",
-		   (long long)(sum.active_streams < 0 ? 0 : sum.active_streams));
-	buf_printf(out,
-		   "# HELP jarvas_prompt_cache_hits_total System prompts served from the cache.\n"
-		   "# TYPE jarvas_prompt_cache_hits_total counter\njarvas_prompt_cache_hits_total "
-		   "%llu\n"
-		   "# HELP jarvas_prompt_cache_misses_total System prompts built anew.\n"
-		   "# TYPE jarvas_prompt_cache_misses_total "
-		   "counter\njarvas_prompt_cache_misses_total %llu\n",
-		   (unsigned long long)sum.cache_hits, (unsigned long long)sum.cache_misses);
-	buf_puts(out, "# HELP jarvas_upstream_errors_total Upstream failures, by kind.\n"
-		      "# TYPE jarvas_upstream_errors_total counter\n");
+	if (render_histogram(out, "jarvas_first_chunk_seconds",
+			     "Time from request to the first chunk written to the client.",
+			     &sum.first_chunk, first_chunk_bounds, NFIRST) < 0)
+		return -1;
+	if (render_histogram(out, "jarvas_stream_duration_seconds",
+			     "Duration of streamed exchanges.", &sum.stream_duration,
+			     duration_bounds, NDURATION) < 0)
+		return -1;
+	if (buf_printf(out,
+		       "# HELP jarvas_active_streams Streams open now.\n"
+		       "# TYPE jarvas_active_streams gauge\njarvas_active_streams %lld\n",
+		       (long long)(sum.active_streams < 0 ? 0 : sum.active_streams)) != BUF_OK)
+		return -1;
+	if (buf_printf(
+		    out,
+		    "# HELP jarvas_prompt_cache_hits_total System prompts served from the cache.\n"
+		    "# TYPE jarvas_prompt_cache_hits_total counter\njarvas_prompt_cache_hits_total "
+		    "%llu\n"
+		    "# HELP jarvas_prompt_cache_misses_total System prompts built anew.\n"
+		    "# TYPE jarvas_prompt_cache_misses_total "
+		    "counter\njarvas_prompt_cache_misses_total %llu\n",
+		    (unsigned long long)sum.cache_hits,
+		    (unsigned long long)sum.cache_misses) != BUF_OK)
+		return -1;
+	if (buf_puts(out, "# HELP jarvas_upstream_errors_total Upstream failures, by kind.\n"
+			  "# TYPE jarvas_upstream_errors_total counter\n") != BUF_OK)
+		return -1;
 	for (e = 0; e < METRICS_UE_COUNT; e++)
-		buf_printf(out, "jarvas_upstream_errors_total{kind=\"%s\"} %llu\n",
-			   upstream_error_names[e], (unsigned long long)sum.upstream_errors[e]);
+		if (buf_printf(out, "jarvas_upstream_errors_total{kind=\"%s\"} %llu\n",
+			       upstream_error_names[e],
+			       (unsigned long long)sum.upstream_errors[e]) != BUF_OK)
+			return -1;
 	return buf_printf(out,
 			  "# HELP jarvas_client_aborts_total Streams whose client left before the "
 			  "end.\n"

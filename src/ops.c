@@ -81,8 +81,8 @@ void ops_health(struct request *r)
 	 * load balancer keeps sending traffic; the operator must act before
 	 * the next stop. */
 	buf_init(&msg, 1024);
-	if (!db_ok)
-		buf_printf(&msg, "error: %s", db_err);
+	if (!db_ok && buf_printf(&msg, "error: %s", db_err) != BUF_OK)
+		buf_reset(&msg); /* "error: " + a bounded reason: cannot happen */
 	if (!o ||
 	    !cJSON_AddStringToObject(o, "status",
 				     !(db_ok && up_ok) ? "error"
@@ -96,8 +96,8 @@ void ops_health(struct request *r)
 		return;
 	}
 	buf_reset(&msg);
-	if (!up_ok)
-		buf_printf(&msg, "error: %s", up_err);
+	if (!up_ok && buf_printf(&msg, "error: %s", up_err) != BUF_OK)
+		buf_reset(&msg);
 	cJSON_AddStringToObject(o, "upstream", up_ok ? "ok" : buf_str(&msg));
 	cJSON_AddStringToObject(o, "upstream_url", config.upstream_url);
 	cJSON_AddStringToObject(o, "model", config.model);

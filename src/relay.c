@@ -309,23 +309,15 @@ static int format_ping(struct buf *out, const void *arg)
 /* nginx sent something, or closed.  It sends nothing after the request
  * but the rest of FCGI_STDIN may still come (a GET stream's body, or the
  * empty record ending stdin when the parameters filled libfcgi's buffer):
- * read and drop it.  The socket is non-blocking (relay_submit()), and one
- * event reads at most DRAIN_MAX, so no client input can hold the loop. */
+ * dropped.  The socket is non-blocking (relay_submit()), and one event
+ * reads at most DRAIN_MAX, so no client input can hold the loop. */
 static void on_client_event(struct stream *s, uint32_t events)
 {
-	static char sink[16384]; /* loop thread only */
-	size_t drained = 0;
-	ssize_t n = 0;
-
 	if (events & EPOLLOUT && !gone(s) && flush_out(s) < 0)
 		return;
-	if (events & EPOLLIN) {
-		while (drained < DRAIN_MAX && (n = read(s->fd, sink, sizeof sink)) > 0)
-			drained += (size_t)n;
-		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-			mark_gone(s);
-			return;
-		}
+	if (events & EPOLLIN && fcgi_wire_drain(s->fd, DRAIN_MAX) < 0) {
+		mark_gone(s);
+		return;
 	}
 	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 		mark_gone(s);
@@ -436,11 +428,26 @@ static void unlink_finishing(struct stream *s)
 	s->finishing = 0;
 }
 
+/* curl's multi calls fail only on a bug of ours (a handle or socket it
+ * does not know, a call from inside a callback) or out of memory: say
+ * which, as curl words it.  A socket curl closed earlier in the same
+ * epoll batch is not worth a line. */
+static int multi_ok(CURLMcode rc, const char *what)
+{
+	if (rc != CURLM_OK && rc != CURLM_BAD_SOCKET)
+		log_error("%s: %s", what, curl_multi_strerror(rc));
+	return rc == CURLM_OK;
+}
+
 static void to_store(struct stream *s, CURLcode cc)
 {
 	unlink_finishing(s);
 	if (s->in_multi) {
-		curl_multi_remove_handle(relay.multi, s->x.curl);
+		/* A handle the multi would not let go of is never reused:
+		 * leaking it is safer than sharing it. */
+		if (!multi_ok(curl_multi_remove_handle(relay.multi, s->x.curl),
+			      "curl_multi_remove_handle"))
+			s->x.curl = NULL;
 		s->in_multi = 0;
 	}
 	upstream_xfer_finish(&s->x, cc);
@@ -820,9 +827,10 @@ static void *loop_main(void *arg)
 					    (ev[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR
 										  : 0);
 
-				curl_multi_socket_action(relay.multi,
-							 (curl_socket_t)(tag & 0xffffffffu), flags,
-							 &running);
+				multi_ok(curl_multi_socket_action(
+						 relay.multi, (curl_socket_t)(tag & 0xffffffffu),
+						 flags, &running),
+					 "curl_multi_socket_action");
 			} else {
 				struct stream *s = ev[i].data.ptr;
 
@@ -841,7 +849,9 @@ static void *loop_main(void *arg)
 		now = upstream_now();
 		if (relay.curl_deadline >= 0 && now >= relay.curl_deadline) {
 			relay.curl_deadline = -1;
-			curl_multi_socket_action(relay.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+			multi_ok(curl_multi_socket_action(relay.multi, CURL_SOCKET_TIMEOUT, 0,
+							  &running),
+				 "curl_multi_socket_action (timeout)");
 		}
 		read_curl_messages();
 		end_finished(now);
@@ -944,11 +954,14 @@ int relay_start(void)
 	if (relay.epfd < 0 || relay.evfd < 0 || !relay.multi ||
 	    epoll_ctl(relay.epfd, EPOLL_CTL_ADD, relay.evfd, &ev) < 0)
 		goto fail;
-	curl_multi_setopt(relay.multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-	curl_multi_setopt(relay.multi, CURLMOPT_TIMERFUNCTION, on_timer);
 	/* Idle connections to the model server kept for the next streams. */
-	curl_multi_setopt(relay.multi, CURLMOPT_MAXCONNECTS, 256L);
-	if (pthread_create(&relay.loop, NULL, loop_main, NULL) != 0)
+	if (!multi_ok(curl_multi_setopt(relay.multi, CURLMOPT_SOCKETFUNCTION, on_socket),
+		      "CURLMOPT_SOCKETFUNCTION") ||
+	    !multi_ok(curl_multi_setopt(relay.multi, CURLMOPT_TIMERFUNCTION, on_timer),
+		      "CURLMOPT_TIMERFUNCTION") ||
+	    !multi_ok(curl_multi_setopt(relay.multi, CURLMOPT_MAXCONNECTS, 256L),
+		      "CURLMOPT_MAXCONNECTS") ||
+	    pthread_create(&relay.loop, NULL, loop_main, NULL) != 0)
 		goto fail;
 	for (i = 0; i < STORERS; i++) {
 		if (pthread_create(&relay.storers[i], NULL, storer_main, NULL) != 0)
@@ -966,7 +979,7 @@ int relay_start(void)
 fail:
 	log_error("cannot start the stream relay: %s", strerror(errno));
 	if (relay.multi)
-		curl_multi_cleanup(relay.multi);
+		multi_ok(curl_multi_cleanup(relay.multi), "curl_multi_cleanup");
 	if (relay.epfd >= 0)
 		close(relay.epfd);
 	if (relay.evfd >= 0)
@@ -997,7 +1010,7 @@ void relay_stop(void)
 	relay.to_save = NULL;
 	while (relay.nidle > 0)
 		curl_easy_cleanup(relay.idle[--relay.nidle]);
-	curl_multi_cleanup(relay.multi);
+	multi_ok(curl_multi_cleanup(relay.multi), "curl_multi_cleanup");
 	relay.multi = NULL;
 	close(relay.epfd);
 	close(relay.evfd);

@@ -8,15 +8,37 @@
  */
 #include "request.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
 #include "response.h"
+
+int request_accept(FCGX_Request *fcgx, int fd, int timeout_ms)
+{
+	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+
+	if (fd >= 0) {
+		if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
+		    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
+			log_warn("socket timeouts: %s", strerror(errno));
+		fcgx->ipcFd = fd;
+	}
+	/* Not closed by the finish step FCGX_Accept_r starts with; the
+	 * request's own flags decide again once it is read. */
+	fcgx->keepConnection = 1;
+	/* The request has no listening socket (FCGX_InitRequest(-1)): when
+	 * reading fails, libfcgi closes the connection and its own attempt to
+	 * accept another fails at once instead of waiting. */
+	return FCGX_Accept_r(fcgx) < 0 ? -1 : 0;
+}
 
 void request_begin(struct request *r, FCGX_Request *fcgx, struct worker *w)
 {
@@ -164,6 +186,32 @@ int form_lookup(const char *qs, const char *name, struct buf *out)
 	if (!found)
 		return 0;
 	return url_decode(value, valuelen, out) < 0 ? -1 : 1;
+}
+
+int request_split_bearer(const char *header, const char **token, size_t *len)
+{
+	const char *p = header, *word[3];
+	size_t wlen[3];
+	int n = 0;
+
+	while (*p && n < 3) {
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (!*p)
+			break;
+		word[n] = p;
+		while (*p && *p != ' ' && *p != '\t')
+			p++;
+		wlen[n] = (size_t)(p - word[n]);
+		n++;
+	}
+	if (n == 0 || wlen[0] != 6 || memcmp(word[0], "Bearer", 6) != 0)
+		return 1;
+	if (n != 2)
+		return -1;
+	*token = word[1];
+	*len = wlen[1];
+	return 0;
 }
 
 int request_query(const struct request *r, const char *name, struct buf *out)

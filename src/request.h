@@ -40,6 +40,13 @@ struct request {
 	char note[256];	       /* extra key=value for the log line */
 };
 
+/* Let libfcgi read a request from connection fd, which the caller
+ * accepted (or, fd < 0, the next request on the connection fcgx kept
+ * open).  A peer slower than timeout_ms to send it, or to take an
+ * answer later, fails.  0, or -1 when no request came (libfcgi then
+ * closed the connection). */
+int request_accept(FCGX_Request *fcgx, int fd, int timeout_ms);
+
 void request_begin(struct request *r, FCGX_Request *fcgx, struct worker *w);
 void request_end(struct request *r); /* logs, counts and frees */
 
@@ -54,6 +61,12 @@ int request_parse_body(struct request *r);
 /* Look up a query-string parameter, percent-decoded into out.
  * 1 found, 0 absent, -1 malformed encoding, not UTF-8, or given twice. */
 int request_query(const struct request *r, const char *name, struct buf *out);
+
+/* Split an Authorization header as SimpleJWT does (blank-separated
+ * words): 0 "Bearer <token>" (*token, *len: the token, within header),
+ * 1 another scheme or nothing (no credentials of ours), -1 "Bearer" with
+ * no token or more than one word after it.  Pure: fuzzed. */
+int request_split_bearer(const char *header, const char **token, size_t *len);
 
 /* Milliseconds since the request started. */
 double request_elapsed_ms(const struct request *r);

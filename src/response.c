@@ -66,28 +66,28 @@ int resp_headers(struct request *r, int status, const char *content_type, long c
 
 	if (r->headers_sent)
 		return -1;
-	r->headers_sent = 1;
-	r->status = status;
+	/* Built whole before anything counts as sent: a head that cannot be
+	 * built leaves the request unanswered, and request_end() answers 500. */
 	buf_init(&h, 4096);
-	buf_reserve(&h, 256); /* one allocation for the usual headers */
-	buf_printf(&h, "Status: %d %s\r\n", status, reason_phrase(status));
-	if (content_type) {
-		buf_puts(&h, "Content-Type: ");
-		buf_puts(&h, content_type);
-		buf_puts(&h, "\r\n");
+	rc = buf_reserve(&h, 256) == BUF_OK && /* one allocation for the usual headers */
+			     buf_printf(&h, "Status: %d %s\r\n", status, reason_phrase(status)) ==
+				     BUF_OK &&
+			     (!content_type ||
+			      buf_printf(&h, "Content-Type: %s\r\n", content_type) == BUF_OK) &&
+			     (content_length < 0 || buf_printf(&h, "Content-Length: %ld\r\n",
+							       content_length) == BUF_OK) &&
+			     buf_puts(&h, "Vary: Accept, Authorization\r\n") == BUF_OK &&
+			     (!extra_headers || buf_puts(&h, extra_headers) == BUF_OK) &&
+			     buf_puts(&h, "\r\n") == BUF_OK
+		     ? 0
+		     : -1;
+	if (rc == 0) {
+		r->headers_sent = 1;
+		r->status = status;
+		/* Header bytes are not counted as body bytes in the log. */
+		rc = resp_write(r, h.data, h.len);
+		r->bytes_out -= rc == 0 ? h.len : 0;
 	}
-	if (content_length >= 0)
-		buf_printf(&h, "Content-Length: %ld\r\n", content_length);
-	buf_puts(&h, "Vary: Accept, Authorization\r\n");
-	if (extra_headers)
-		buf_puts(&h, extra_headers);
-	if (buf_puts(&h, "\r\n") != BUF_OK) {
-		buf_free(&h);
-		return -1;
-	}
-	/* Header bytes are not counted as body bytes in the log. */
-	rc = resp_write(r, h.data, h.len);
-	r->bytes_out -= rc == 0 ? h.len : 0;
 	buf_free(&h);
 	return rc;
 }

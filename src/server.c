@@ -28,7 +28,6 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,7 +163,6 @@ static void dispatch(struct request *r)
  * connected and stalled would stop the whole responder. */
 static int accept_connection(struct worker_slot *slot)
 {
-	struct timeval tv = {PEER_TIMEOUT_S, 0};
 	int fd = -1;
 
 	while (fd < 0) {
@@ -188,9 +186,6 @@ static int accept_connection(struct worker_slot *slot)
 			return -1;
 		}
 	}
-	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0)
-		log_warn("socket timeouts: %s", strerror(errno));
 	return fd;
 }
 
@@ -207,14 +202,12 @@ static void *worker_main(void *arg)
 		goto out;
 	}
 	while (!stopping) {
+		int fd = -1;
+
 		/* A connection nginx asked to keep open carries the next request. */
-		if (w->fcgx.ipcFd < 0 && (w->fcgx.ipcFd = accept_connection(slot)) < 0)
+		if (w->fcgx.ipcFd < 0 && (fd = accept_connection(slot)) < 0)
 			break;
-		/* Not closed by the finish step FCGX_Accept_r starts with. */
-		w->fcgx.keepConnection = 1;
-		/* Reads the records; on a protocol error or a peer that stalls
-		 * past PEER_TIMEOUT_S it closes the connection and fails. */
-		if (FCGX_Accept_r(&w->fcgx) < 0)
+		if (request_accept(&w->fcgx, fd, PEER_TIMEOUT_S * 1000) < 0)
 			continue;
 		request_begin(&r, &w->fcgx, w);
 		dispatch(&r);

@@ -411,7 +411,7 @@ int shm_pid_alive(pid_t pid)
 static struct {
 	pthread_mutex_t lock;
 	struct buf names;
-} skipped = {.lock = PTHREAD_MUTEX_INITIALIZER, .names = {NULL, 0, 0, 64 * 1024}};
+} skipped = {.lock = PTHREAD_MUTEX_INITIALIZER, .names = {.max = 64 * 1024}};
 
 void shm_skip(const char *path, const char *why)
 {

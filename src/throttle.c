@@ -32,21 +32,19 @@ static int key_part(struct buf *b, const char *s)
 	return buf_putc(b, '#') == BUF_OK && buf_puts(b, hex) == BUF_OK ? 0 : -1;
 }
 
-enum key_kind { KEY_PAIR, KEY_ADDR, KEY_USER };
-
-static int make_key(struct buf *b, enum key_kind kind, const char *username, const char *addr)
+int throttle_key(struct buf *b, enum throttle_key_kind kind, const char *username, const char *addr)
 {
 	static const char *const prefix[] = {"pair:", "addr:", "user:"};
 
 	buf_reset(b);
 	if (buf_puts(b, prefix[kind]) != BUF_OK)
 		return -1;
-	if (kind == KEY_PAIR) /* an address holds no '|' */
+	if (kind == THROTTLE_PAIR) /* an address holds no '|' */
 		return key_part(b, addr) == 0 && buf_putc(b, '|') == BUF_OK &&
 				       key_part(b, username) == 0
 			       ? 0
 			       : -1;
-	return key_part(b, kind == KEY_ADDR ? addr : username);
+	return key_part(b, kind == THROTTLE_ADDR ? addr : username);
 }
 
 struct count {
@@ -100,16 +98,17 @@ long throttle_attempt(struct db *d, const char *username, const char *addr)
 	buf_init(&key, KEY_MAX);
 	if (db_begin(d) < 0)
 		goto fail;
-	for (k = KEY_PAIR; k <= KEY_USER; k++)
-		if (make_key(&key, k, username, addr) < 0 ||
+	for (k = THROTTLE_PAIR; k <= THROTTLE_USER; k++)
+		if (throttle_key(&key, k, username, addr) < 0 ||
 		    count_attempt(d, buf_str(&key), now, &c[k]) < 0)
 			goto fail;
-	if (c[KEY_PAIR].attempts > config.login_failures_per_user)
-		wait = wait_for(&c[KEY_PAIR], now);
-	else if (c[KEY_ADDR].attempts > config.login_failures_per_addr)
-		wait = wait_for(&c[KEY_ADDR], now);
-	else if (c[KEY_USER].attempts > config.login_username_ceiling && c[KEY_PAIR].attempts > 1)
-		wait = wait_for(&c[KEY_USER], now);
+	if (c[THROTTLE_PAIR].attempts > config.login_failures_per_user)
+		wait = wait_for(&c[THROTTLE_PAIR], now);
+	else if (c[THROTTLE_ADDR].attempts > config.login_failures_per_addr)
+		wait = wait_for(&c[THROTTLE_ADDR], now);
+	else if (c[THROTTLE_USER].attempts > config.login_username_ceiling &&
+		 c[THROTTLE_PAIR].attempts > 1)
+		wait = wait_for(&c[THROTTLE_USER], now);
 	/* A refused attempt is not counted: refusals do not feed the ceiling. */
 	if (wait > 0)
 		db_rollback(d);
@@ -135,11 +134,11 @@ int throttle_succeeded(struct db *d, const char *username, const char *addr)
 	buf_init(&key, KEY_MAX);
 	if (db_begin(d) < 0)
 		goto out;
-	for (k = KEY_PAIR; k <= KEY_USER; k++) {
-		sqlite3_stmt *st = db_stmt(d, k == KEY_PAIR ? forget : uncount);
+	for (k = THROTTLE_PAIR; k <= THROTTLE_USER; k++) {
+		sqlite3_stmt *st = db_stmt(d, k == THROTTLE_PAIR ? forget : uncount);
 		int step;
 
-		if (!st || make_key(&key, k, username, addr) < 0)
+		if (!st || throttle_key(&key, k, username, addr) < 0)
 			goto out;
 		sqlite3_bind_text(st, 1, buf_str(&key), -1, SQLITE_TRANSIENT);
 		step = sqlite3_step(st);

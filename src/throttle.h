@@ -36,4 +36,13 @@ long throttle_attempt(struct db *d, const char *username, const char *addr);
 /* The attempt succeeded (0 or -1). */
 int throttle_succeeded(struct db *d, const char *username, const char *addr);
 
+/* The key of one count, into b (reset first): "pair:<addr>|<name>",
+ * "addr:<addr>" or "user:<name>", each part as it is or, past
+ * USERNAME_MAX bytes, "#" and its SHA-256 in hex.  0 or -1.  Pure:
+ * fuzzed. */
+enum throttle_key_kind { THROTTLE_PAIR, THROTTLE_ADDR, THROTTLE_USER };
+struct buf;
+int throttle_key(struct buf *b, enum throttle_key_kind kind, const char *username,
+		 const char *addr);
+
 #endif

@@ -366,7 +366,9 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ctx)
 	if (s->http_status < 200 || s->http_status > 299) {
 		/* Keep what fits of an error body; its reason goes to the user. */
 		size_t room = s->error_body.max - s->error_body.len;
-		buf_append(&s->error_body, p, n < room ? n : room);
+
+		if (buf_append(&s->error_body, p, n < room ? n : room) != BUF_OK)
+			buf_reset(&s->error_body); /* out of memory: say only the status */
 		return n;
 	}
 	rc = ndjson_feed(&s->nd, p, n, parse_line, s);
@@ -439,19 +441,30 @@ static int build_body(struct buf *out, const struct upstream_call *call)
 	return buf_puts(out, "],\"stream\":true}") == BUF_OK ? 0 : -1;
 }
 
+void upstream_http_reason(const char *body, size_t n, long status, char *out, size_t cap)
+{
+	cJSON *o = cJSON_ParseWithLength(body ? body : "", n);
+	const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
+	char fallback[64];
+
+	if (cJSON_IsString(err) && err->valuestring[0]) {
+		utf8_copy(out, cap, err->valuestring);
+	} else {
+		snprintf(fallback, sizeof fallback, "The language model answered HTTP %ld.",
+			 status);
+		utf8_copy(out, cap, fallback);
+	}
+	cJSON_Delete(o);
+}
+
 /* The reason in a non-2xx answer: Ollama's {"error": "..."} if present. */
 static void fail_http(struct upstream_xfer *s)
 {
-	cJSON *o = cJSON_ParseWithLength(s->error_body.data ? s->error_body.data : "",
-					 s->error_body.len);
-	const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
+	char reason[sizeof s->res->error];
 
-	if (cJSON_IsString(err))
-		fail_with(s, METRICS_UE_HTTP, "%s", err->valuestring);
-	else
-		fail_with(s, METRICS_UE_HTTP, "The language model answered HTTP %ld.",
-			  s->http_status);
-	cJSON_Delete(o);
+	upstream_http_reason(s->error_body.data, s->error_body.len, s->http_status, reason,
+			     sizeof reason);
+	fail_with(s, METRICS_UE_HTTP, "%s", reason);
 }
 
 int upstream_xfer_prepare(struct upstream_xfer *x, const struct upstream_call *call,

@@ -129,6 +129,11 @@ int upstream_xfer_finish(struct upstream_xfer *x, CURLcode cc);
  * Then the failure is recorded and 1 returned: remove the transfer. */
 int upstream_xfer_idle(struct upstream_xfer *x, double now);
 
+/* The reason to give for a non-2xx answer with this body: its
+ * {"error": "..."} (Ollama's shape), else the status; repaired to valid
+ * UTF-8 and cut between characters to fit cap.  Pure: fuzzed. */
+void upstream_http_reason(const char *body, size_t n, long status, char *out, size_t cap);
+
 /* Seconds on CLOCK_MONOTONIC. */
 double upstream_now(void);
 

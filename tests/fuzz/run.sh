@@ -15,23 +15,28 @@ set -u
 cd "$(dirname "$0")/../.." || exit 1
 
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=${FUZZ_TARGETS:-query body jwt ndjson sse shm fcgi_wire}
+TARGETS=${FUZZ_TARGETS:-query body jwt ndjson sse shm fcgi_wire handoff auth throttle reason utf8}
 CLANG=${CLANG:-clang}
 OUT=build/fuzz
 FLAGS="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 -fno-omit-frame-pointer -g -O1 -std=gnu11 -D_GNU_SOURCE -Isrc -Wall -Wextra \
 ${FUZZ_CFLAGS:-}"
-LIBS="-lfcgi -lcurl -lcjson -lsqlite3 -lsodium -lpthread"
+LIBS="-lfcgi -lcurl -lcjson -lsqlite3 -lsodium -lcrypto -lpthread"
 
 # The src/ files each target links, and its input size limit.
 sources() {
 	case $1 in
-	query | body) echo request config log metrics shm response buf ;;
+	query | body) echo request utf8 config log metrics shm response buf ;;
 	jwt) echo jwt buf ;;
-	ndjson) echo ndjson upstream config log metrics shm buf ;;
-	sse) echo sse request response config log metrics shm buf ;;
+	ndjson) echo ndjson upstream utf8 config log metrics shm buf ;;
+	sse) echo sse request utf8 response config log metrics shm buf ;;
 	shm) echo limits metrics shm config log buf ;;
 	fcgi_wire) echo fcgi_wire buf ;;
+	handoff) echo request utf8 fcgi_wire config log metrics shm response buf ;;
+	auth) echo request utf8 config log metrics shm response buf ;;
+	throttle) echo throttle users password db config log metrics shm buf ;;
+	reason) echo upstream ndjson utf8 config log metrics shm buf ;;
+	utf8) echo utf8 buf ;;
 	esac
 }
 max_len() {
@@ -80,6 +85,7 @@ for t in $TARGETS; do
 		cp -R "tests/fuzz/corpus/$t/." "$corpus/"
 	fi
 
+	LSAN_OPTIONS=suppressions=tests/fuzz/lsan.supp:print_suppressions=0 \
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:allocator_may_return_null=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		"./$bin" -max_total_time="$SECONDS_EACH" -max_len="$(max_len "$t")" \

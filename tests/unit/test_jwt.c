@@ -19,12 +19,12 @@ static char *forge(const char *header, const char *payload, const unsigned char 
 
 	buf_init(&b, 8192);
 	jwt_b64_encode(&b, (const unsigned char *)header, strlen(header));
-	buf_putc(&b, '.');
+	CHECK(buf_putc(&b, '.') == BUF_OK);
 	jwt_b64_encode(&b, (const unsigned char *)payload, strlen(payload));
 	crypto_auth_hmacsha256_init(&st, k, klen);
 	crypto_auth_hmacsha256_update(&st, (const unsigned char *)b.data, b.len);
 	crypto_auth_hmacsha256_final(&st, mac);
-	buf_putc(&b, '.');
+	CHECK(buf_putc(&b, '.') == BUF_OK);
 	jwt_b64_encode(&b, mac, sizeof mac);
 	return buf_steal(&b);
 }

@@ -180,7 +180,8 @@ static int unframe(const struct buf *b, struct buf *content)
 		if (h[0] != 1 || h[1] != 6 || h[2] != 0 || h[3] != 7 || h[6] != 0 ||
 		    at + FCGI_WIRE_HEADER + n > b->len || n == 0)
 			return -1;
-		buf_append(content, b->data + at + FCGI_WIRE_HEADER, n);
+		if (buf_append(content, b->data + at + FCGI_WIRE_HEADER, n) != BUF_OK)
+			return -1;
 		at += FCGI_WIRE_HEADER + n;
 	}
 	return at == b->len ? 0 : -1;
@@ -197,11 +198,12 @@ static void test_fcgi_wire(void)
 
 		buf_init(&b, 1u << 20);
 		buf_init(&content, 1u << 20);
-		buf_puts(&b, ""); /* records may follow other bytes: none here */
+		CHECK(buf_puts(&b, "") == BUF_OK); /* records may follow other bytes: none here */
 		at = fcgi_wire_stdout_begin(&b);
 		CHECK(at == 0);
-		for (j = 0; j < sizes[i]; j++)
-			buf_putc(&b, (char)('a' + j % 26));
+		for (j = 0; j < sizes[i] && buf_putc(&b, (char)('a' + j % 26)) == BUF_OK; j++)
+			;
+		CHECK(j == sizes[i]);
 		CHECK(fcgi_wire_stdout_end(&b, at, 7) == 0);
 		CHECK(b.len == sizes[i] + FCGI_WIRE_HEADER * ((sizes[i] + 65534) / 65535));
 		CHECK(unframe(&b, &content) == 0);
@@ -259,12 +261,58 @@ static void test_sse_events(void)
 
 static void test_utf8(void)
 {
+	/* input, what utf8_sanitize() makes of it (Python's
+	 * bytes.decode("utf-8", "replace"), NUL as U+FFFD too) */
+	static const struct {
+		const char *in;
+		size_t n;
+		const char *out;
+	} fix[] = {
+		{"abc", 3, "abc"},
+		{"\xe2\x82\xac", 3, "\xe2\x82\xac"},
+		{"\xff", 1, "\xef\xbf\xbd"},
+		{"a\0b", 3,
+		 "a\xef\xbf\xbd"
+		 "b"},
+		{"\xe2\x82"
+		 "A",
+		 3,
+		 "\xef\xbf\xbd"
+		 "A"},					     /* one U+FFFD per maximal subpart */
+		{"\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd"}, /* overlong */
+		{"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* surrogate */
+		{"\xf0\x9f\x8e", 3, "\xef\xbf\xbd"},			     /* cut at the end */
+		{"\xf4\x90\x80\x80", 4,
+		 "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* past U+10FFFF */
+	};
+	struct buf b;
+	char small[8];
+	size_t i;
+
 	CHECK(utf8_valid("", 0));
 	CHECK(utf8_valid("abc", 3));
 	CHECK(utf8_valid("\xe2\x82\xac", 3));
 	CHECK(!utf8_valid("\xff", 1));
 	CHECK(!utf8_valid("a\0b", 3));
 	CHECK(!utf8_valid("\xe2\x82", 2));
+	buf_init(&b, 64);
+	for (i = 0; i < sizeof fix / sizeof fix[0]; i++) {
+		buf_reset(&b);
+		CHECK(utf8_sanitize(&b, fix[i].in, fix[i].n) == 0);
+		CHECK_STR(buf_str(&b), fix[i].out);
+		CHECK(utf8_valid(b.data, b.len));
+	}
+	buf_free(&b);
+	CHECK(utf8_incomplete_tail("ab\xf0\x9f\x8e", 5) == 3);
+	CHECK(utf8_incomplete_tail("ab\xe2", 3) == 1);
+	CHECK(utf8_incomplete_tail("ab\xe2\x82\xac", 5) == 0); /* whole */
+	CHECK(utf8_incomplete_tail("ab\xed\xa0", 4) == 0);     /* invalid, not cut */
+	CHECK(utf8_incomplete_tail("ab\x80", 3) == 0);
+	/* Cut to fit between characters, never inside one. */
+	utf8_copy(small, sizeof small, "abc\xe2\x82\xac\xe2\x82\xac");
+	CHECK_STR(small, "abc\xe2\x82\xac");
+	utf8_copy(small, sizeof small, "a\xffz");
+	CHECK_STR(small, "a\xef\xbf\xbdz");
 }
 
 static void test_buf(void)
@@ -278,6 +326,15 @@ static void test_buf(void)
 	CHECK(buf_printf(&b, "%d", 1) == BUF_TOOBIG);
 	buf_consume(&b, 3);
 	CHECK_STR(buf_str(&b), "45678");
+	/* Sticky: after a failure nothing more is appended, even what fits,
+	 * so no text is used with a piece missing from its middle. */
+	CHECK(buf_puts(&b, "x") == BUF_TOOBIG);
+	CHECK(buf_json_escape(&b, "y", 1) < 0);
+	CHECK(buf_error(&b) == BUF_TOOBIG);
+	CHECK_STR(buf_str(&b), "45678");
+	buf_reset(&b);
+	CHECK(buf_error(&b) == BUF_OK);
+	CHECK(buf_puts(&b, "x") == BUF_OK);
 	buf_free(&b);
 	CHECK_STR(buf_str(&b), "");
 }
@@ -318,8 +375,10 @@ static void test_decode_body(void)
 	/* 1 MiB of distinct form keys is refused at once, not hashed through
 	 * for a minute (more than 64 fields). */
 	buf_init(&big, 2u << 20);
-	for (i = 0; big.len < (1u << 20); i++)
-		buf_printf(&big, "%s%zx=", i ? "&" : "", i);
+	for (i = 0; big.len < (1u << 20) && buf_printf(&big, "%s%zx=", i ? "&" : "", i) == BUF_OK;
+	     i++)
+		;
+	CHECK(buf_error(&big) == BUF_OK);
 	CHECK(request_decode_body(big.data, big.len, "application/x-www-form-urlencoded", &data,
 				  reason, sizeof reason) == 400);
 	buf_free(&big);
