@@ -167,9 +167,6 @@ static int reserve(struct exchange *ex, struct db *d)
 	return 0;
 }
 
-/* Reads; then, for a stream, whose events carry the message id from the
- * start, a short write transaction to reserve.  A non-stream exchange
- * reserves in the same transaction that stores it: one write, not two. */
 /* A stream's user message goes to history at its start, with the ids: a
  * responder killed mid-stream must not lose it (the reply follows as it
  * grows, relay.c). */
@@ -182,6 +179,10 @@ static int store_user_message(struct exchange *ex, struct db *d)
 	return 0;
 }
 
+/* Reads; then, for a stream, whose events carry the message id from the
+ * start, a short write transaction to reserve and store the user message.
+ * A non-stream exchange reserves in the same transaction that stores it:
+ * one write, not two. */
 static int load_context(struct exchange *ex, int reserve_now)
 {
 	struct db *d = db_acquire();

@@ -16,6 +16,12 @@
  * epoll) throughout; while STORING a store thread owns its exchange and
  * `tail`, and client_gone, which both read, is atomic.  Streams pass
  * between the threads through the queues guarded by relay.lock.
+ *
+ * History: the user message is stored before the stream reaches the
+ * relay (exchange.c); every JARVAS_STREAM_SAVE_INTERVAL the loop copies
+ * each reply as far as its client was sent it (`delivered`, from the
+ * `marks` of the chunks still in `out`) into a save the store threads
+ * write, all of one tick in one transaction; the end stores the rest.
  */
 #include "relay.h"
 
@@ -411,7 +417,6 @@ static int on_timer(CURLM *m, long timeout_ms, void *userp)
 
 /* --- a stream's end --------------------------------------------------------- */
 
-/* The transfer is over (finished, failed or stopped): history next. */
 static void unlink_finishing(struct stream *s)
 {
 	if (!s->finishing)
@@ -439,6 +444,7 @@ static int multi_ok(CURLMcode rc, const char *what)
 	return rc == CURLM_OK;
 }
 
+/* The transfer is over (finished, failed or stopped): history next. */
 static void to_store(struct stream *s, CURLcode cc)
 {
 	unlink_finishing(s);
@@ -727,8 +733,6 @@ static void end_finished(double now)
 		to_store(s, CURLE_OK); /* unlinks it */
 }
 
-/* Every TICK_S: pings, idle upstreams, clients gone while nothing was
- * written, streams that will not take their last bytes, shutdown. */
 /* A save of s's reply as its client has been sent it, when that grew
  * since the last one config.stream_save_interval ago; NULL otherwise. */
 static struct save *save_of(struct stream *s, double now)
@@ -752,6 +756,9 @@ static struct save *save_of(struct stream *s, double now)
 	return v;
 }
 
+/* Every TICK_S: pings, idle upstreams, clients gone while nothing was
+ * written, streams that will not take their last bytes, saves of replies
+ * in progress, shutdown. */
 static void tick(double now)
 {
 	int stopping = server_stopping();

@@ -14,7 +14,9 @@
  * ends the request.
  *
  * Invariant: every stream accepted by relay_submit() ends with its
- * exchange stored (if any text was sent), its last event written (if the
+ * exchange stored as its client saw it (the user message already is; the
+ * reply as far as it was sent, saved every few seconds while it grows; no
+ * text: nothing kept), its last event written (if the
  * client is still there), its request ended, logged and counted, and its
  * reservation released — also when the process stops (the stream then
  * ends with "The server is restarting").

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 
 #include "exchange.h"
+#include "log.h"
 #include "relay.h"
 #include "response.h"
 #include "sse.h"
@@ -59,6 +60,10 @@ static void stream_run(struct request *r, int from_query)
 			return; /* the relay has ex, the connection and the place */
 		fail_started(r, ex->message_id);
 	}
+	/* Never reached the relay: take back the user message stored at the
+	 * start (nothing was said to the model). */
+	if (ex->user_stored && exchange_store(ex, 0) < 0)
+		log_warn("message %lld stays in history without a reply", ex->user_msg_id);
 	exchange_end(ex);
 	free(ex);
 	relay_unreserve();

@@ -298,8 +298,7 @@ def free_port():
 
 
 def wait_for(fn, timeout, what):
-    """fn()'s first truthy value, polling; fails after `timeout` seconds
-    (test_chat and test_stream have their own copies of this)."""
+    """fn()'s first truthy value, polling; fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         v = fn()

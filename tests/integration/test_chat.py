@@ -145,15 +145,7 @@ def assert_json_reason(r, status):
     return body
 
 
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
+wait_for = harness.wait_for
 
 
 def assert_no_restarts(stack):

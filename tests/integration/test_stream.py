@@ -173,16 +173,7 @@ def pairs(messages):
     return [(m["role"], m["content"]) for m in messages]
 
 
-def wait_for(fn, timeout, what):
-    """fn()'s first truthy value, polling; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
+wait_for = harness.wait_for
 
 
 def fake_requests_with(stack, mark):
