@@ -33,14 +33,16 @@ PROMTOOL   := build/tools/promtool
 # chromium with playwright-core, pinned in tests/browser/package-lock.json.
 # Debian's node and npm come only where the machine has no node.
 BROWSER_MODULES := tests/browser/node_modules/.package-lock.json
+WEB_VENDOR := src/web/vendor/marked.esm.js src/web/vendor/purify.es.mjs
 
 .PHONY: all help deps deps-test run stop test asan unit integration valgrind \
         clean format bench fuzz soak
 
-all: $(PROGRAMS) tests/fake_ollama
+all: $(PROGRAMS) tests/fake_ollama $(WEB_VENDOR)
 
 # Keep objects that only feed a link step.
 .SECONDARY:
+.PRECIOUS: %/node_modules/.package-lock.json
 
 help:
 	@echo "make            build the responders into $(BIN)/ and the test upstream"
@@ -102,11 +104,24 @@ deps-test:
 	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(PKGS_TEST)"
 	@spawn/get-promtool $(PROMTOOL)
 
-$(BROWSER_MODULES): tests/browser/package.json tests/browser/package-lock.json
+# npm packages pinned by a package-lock.json (the page's libraries, the
+# browser tests' driver).  Debian's node and npm come only where the
+# machine has no node.
+%/node_modules/.package-lock.json: %/package.json %/package-lock.json
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || \
 		$(MAKE) --no-print-directory deps EXTRA_PKGS="nodejs npm"
-	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	cd $* && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
+
+# The page's two libraries, their browser builds next to it (and their
+# licences): nginx serves src/web in place.
+$(WEB_VENDOR): src/web/node_modules/.package-lock.json
+	@mkdir -p src/web/vendor
+	cp src/web/node_modules/marked/lib/marked.esm.js src/web/vendor/marked.esm.js
+	cp src/web/node_modules/marked/LICENSE src/web/vendor/marked.LICENSE
+	cp src/web/node_modules/dompurify/dist/purify.es.mjs src/web/vendor/purify.es.mjs
+	cp src/web/node_modules/dompurify/LICENSE src/web/vendor/dompurify.LICENSE
+	@touch $(WEB_VENDOR)
 
 run: deps
 	@$(MAKE) --no-print-directory all
@@ -161,6 +176,6 @@ format:
 	clang-format -i src/*.c src/*.h tests/*.c tests/unit/*.c tests/unit/*.h tests/fuzz/*.c tests/bench/*.c
 
 clean:
-	rm -rf build $(PROGRAMS) tests/fake_ollama tests/bench/loadgen
+	rm -rf build $(PROGRAMS) tests/fake_ollama tests/bench/loadgen src/web/vendor
 
 -include $(LIB_OBJ:.o=.d) $(MAINS:src/%.c=$(BUILD)/%.d)

@@ -849,11 +849,13 @@ def test_get_paths_work_with_and_without_the_trailing_slash(stack, path):
 
 
 UNKNOWN_PATHS = [
-    ("GET", "/"), ("GET", "/api/nope/"), ("POST", "/api/nope/"), ("GET", "/api/"),
+    ("GET", "/api/nope/"), ("POST", "/api/nope/"), ("GET", "/api/"),
     ("GET", "/api/chat/history/x"), ("DELETE", "/api/chat/history/x"),
     ("POST", "/api/chat/x"), ("POST", "/api/chat//"), ("GET", "/api/chat/history//"),
     ("POST", "/api/chats/"), ("GET", "/api/healthz"), ("GET", "/api/health/x"),
     ("GET", "/api/metrics/x"), ("GET", "/index.html"), ("GET", "/API/chat/"),
+    ("GET", "/web"), ("GET", "/web/nope.js"), ("GET", "/web/package.json"),
+    ("GET", "/web/node_modules/marked/package.json"), ("GET", "/src/web/app.js"),
 ]
 
 

@@ -1,0 +1,254 @@
+// The chat page (src/web) in real Chromium against a running jarvas: log in,
+// chat, stop, reload, switch and delete conversations, the token refresh, a
+// wrong password, hostile model output, errors.  It reports what the browser
+// saw and did (DOM mutation times, the DevTools protocol's network events,
+// dialogs, requests) as JSON and writes screenshots; the Python test that
+// runs it (tests/integration/test_page.py) decides what is right.
+//
+// usage: node page.mjs INPUT     (INPUT: JSON)
+//   {"base": "http://127.0.0.1:PORT", "username", "password",
+//    "profile": DIR (a fresh --user-data-dir), "out": DIR (screenshots),
+//    "steps": [{"do": "...", ...}]}    one browser, one page, in order
+// prints {"steps": [{"do", ...what that step saw}]}
+//
+// Steps:
+//   login {password?}           fill the form; reports {error, chat_shown}
+//   send {text, stop_after?, shot?}
+//                               type and press Enter; the reply's text at each
+//                               DOM mutation (ms since Enter), the final text,
+//                               problem/meta notes; with stop_after, click Stop
+//                               after that many chunks ({stopped_at}: epoch ms);
+//                               shot: screenshot name prefix (mid + end)
+//   reload                      reload the page; {chat_shown, conversations}
+//   new                         click "New conversation"
+//   open {index}                open the index-th conversation of the sidebar;
+//                               {messages: [{role, text}]}
+//   delete {index}              delete it (the confirm dialog accepted)
+//   conversations               {conversations: [titles]}
+//   break_access                replace the stored access token by one that
+//                               fails verification (expiry kept)
+//   wait {ms}
+//   phone {shot}                a 390 px wide viewport, a screenshot
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+const input = JSON.parse(process.argv[2]);
+mkdirSync(input.out, { recursive: true });
+
+const browser = await chromium.launchPersistentContext(input.profile, {
+  executablePath: CHROMIUM, args: ARGS, headless: true, viewport: { width: 1200, height: 800 },
+});
+const page = browser.pages()[0] || await browser.newPage();
+
+// Everything the page did that a step may report.
+const seen = { dialogs: [], console_errors: [], requests: [], network: [] };
+page.on('dialog', async (d) => {
+  seen.dialogs.push({ type: d.type(), message: d.message() });
+  await d.accept();
+});
+page.on('console', (m) => { if (m.type() === 'error') seen.console_errors.push(m.text()); });
+page.on('pageerror', (e) => seen.console_errors.push(String(e)));
+page.on('response', (r) => {
+  const u = new URL(r.url());
+  if (u.pathname.startsWith('/api/')) seen.requests.push({ method: r.request().method(), path: u.pathname, status: r.status() });
+});
+
+// The DevTools protocol's view of the stream requests, as the old
+// deployment's check looked at it: the response's status and type, and
+// each piece of data as it was received.
+const cdp = await browser.newCDPSession(page);
+await cdp.send('Network.enable');
+const streams = new Map();
+cdp.on('Network.responseReceived', (e) => {
+  if (!e.response.url.includes('/api/chat/stream')) return;
+  streams.set(e.requestId, { status: e.response.status, mime: e.response.mimeType, data: [] });
+});
+cdp.on('Network.dataReceived', (e) => {
+  const s = streams.get(e.requestId);
+  if (s) s.data.push({ t: Date.now(), bytes: e.dataLength });
+});
+cdp.on('Network.loadingFinished', (e) => {
+  const s = streams.get(e.requestId);
+  if (s) { seen.network.push(s); streams.delete(e.requestId); }
+});
+cdp.on('Network.loadingFailed', (e) => {
+  const s = streams.get(e.requestId);
+  if (s) { s.failed = e.errorText; seen.network.push(s); streams.delete(e.requestId); }
+});
+
+async function shot(name) {
+  const path = join(input.out, `${name}.png`);
+  await page.screenshot({ path, fullPage: false });
+  return path;
+}
+
+async function chatShown() {
+  return page.evaluate(() => !document.getElementById('chat-view').hidden);
+}
+
+async function titles() {
+  return page.$$eval('#conversations li .title', (els) => els.map((e) => e.textContent));
+}
+
+async function waitIdle() {
+  await page.waitForFunction(() => document.getElementById('stop').hidden, null, { timeout: 60000 });
+}
+
+const steps = {
+  async login(step) {
+    await page.goto(`${input.base}/`);
+    await page.fill('#login-username', input.username);
+    await page.fill('#login-password', step.password ?? input.password);
+    const listed = page.waitForResponse((r) => r.url().includes('/api/chat/conversations'),
+      { timeout: 15000 }).catch(() => null);
+    await page.click('#login-submit');
+    await page.waitForFunction(() => !document.getElementById('chat-view').hidden ||
+      !document.getElementById('login-error').hidden, null, { timeout: 15000 });
+    const error = await page.evaluate(() => {
+      const e = document.getElementById('login-error');
+      return e.hidden ? null : e.textContent;
+    });
+    if (!error) await listed; // the sidebar is loaded
+    return { error, chat_shown: await chatShown() };
+  },
+
+  async send(step) {
+    const before = await page.$$eval('#messages .message.assistant', (els) => els.length);
+    // Watch the new reply's text from the page itself: each mutation's
+    // time and the text then.
+    await page.evaluate((n) => {
+      window.__marks = [];
+      const list = document.getElementById('messages');
+      const t0 = performance.now();
+      window.__t0 = t0;
+      const obs = new MutationObserver(() => {
+        const reply = list.querySelectorAll('.message.assistant')[n];
+        if (!reply) return;
+        const text = reply.querySelector('.body').textContent;
+        const last = window.__marks[window.__marks.length - 1];
+        if (!last || last.text !== text) window.__marks.push({ t: performance.now() - t0, text });
+      });
+      obs.observe(list, { childList: true, subtree: true, characterData: true });
+      window.__obs = obs;
+    }, before);
+    await page.fill('#input', step.text);
+    const sentAt = Date.now();
+    await page.press('#input', 'Enter');
+    const out = { sent_at: sentAt };
+    if (step.stop_after) {
+      await page.waitForFunction((k) => (window.__marks || []).filter((m) => m.text).length >= k,
+        step.stop_after, { timeout: 30000 });
+      out.stopped_at = Date.now();
+      await page.click('#stop');
+    } else if (step.shot) {
+      await page.waitForFunction(() => (window.__marks || []).filter((m) => m.text).length >= 4,
+        null, { timeout: 30000 });
+      out.shot_mid = await shot(`${step.shot}-mid-stream`);
+    }
+    await waitIdle();
+    const result = await page.evaluate((n) => {
+      window.__obs.disconnect();
+      const reply = document.querySelectorAll('#messages .message.assistant')[n];
+      return {
+        marks: window.__marks.filter((m) => m.text),
+        text: reply.querySelector('.body').textContent,
+        html_elements: Array.from(reply.querySelectorAll('.body *')).map((e) => e.tagName.toLowerCase()),
+        problem: reply.querySelector('.problem')?.textContent ?? null,
+        meta: reply.querySelector('.meta')?.textContent ?? null,
+      };
+    }, before);
+    Object.assign(out, result);
+    if (step.shot) out.shot_end = await shot(`${step.shot}-end`);
+    return out;
+  },
+
+  async reload() {
+    // the list as the page finally got it (after a refresh, when a 401 came first)
+    const listed = page.waitForResponse((r) => r.url().includes('/api/chat/conversations') &&
+      r.status() !== 401, { timeout: 15000 }).catch(() => null);
+    await page.reload();
+    await page.waitForFunction(() => !document.getElementById('chat-view').hidden ||
+      !document.getElementById('login-view').hidden);
+    await listed;
+    await page.waitForTimeout(200); // rendered
+    return { chat_shown: await chatShown(), conversations: await titles() };
+  },
+
+  async open(step) {
+    await page.click(`#conversations li:nth-child(${step.index + 1}) .open`);
+    await page.waitForFunction(() => document.getElementById('status').textContent === '');
+    return {
+      title: await page.textContent('#thread-title'),
+      messages: await page.$$eval('#messages .message', (els) => els.map((e) => ({
+        role: e.classList.contains('user') ? 'user' : 'assistant',
+        text: e.querySelector('.body').textContent,
+      }))),
+    };
+  },
+
+  async delete(step) {
+    const before = await titles();
+    await page.click(`#conversations li:nth-child(${step.index + 1}) .delete`);
+    await page.waitForFunction((n) => document.querySelectorAll('#conversations li').length === n,
+      before.length - 1, { timeout: 10000 });
+    return { before, after: await titles() };
+  },
+
+  async new() {
+    await page.click('#new-conversation');
+    return { title: await page.textContent('#thread-title') };
+  },
+
+  async conversations() {
+    return { conversations: await titles() };
+  },
+
+  async break_access() {
+    await page.evaluate(() => {
+      const s = JSON.parse(sessionStorage.getItem('jarvas.session'));
+      const [h, c] = s.access.split('.');
+      s.access = `${h}.${c}.${'A'.repeat(43)}`; // same claims, a signature that fails
+      sessionStorage.setItem('jarvas.session', JSON.stringify(s));
+    });
+    return {};
+  },
+
+  async wait(step) {
+    await page.waitForTimeout(step.ms);
+    return {};
+  },
+
+  async phone(step) {
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.waitForTimeout(400); // the sidebar's slide away
+    const path = await shot(step.shot);
+    await page.setViewportSize({ width: 1200, height: 800 });
+    return { shot: path };
+  },
+};
+
+const report = [];
+try {
+  for (const step of input.steps) {
+    const mark = { requests: seen.requests.length, network: seen.network.length, dialogs: seen.dialogs.length };
+    const out = await steps[step.do](step);
+    await page.waitForTimeout(100); // the last network events of the step
+    report.push({
+      do: step.do, ...out,
+      requests: seen.requests.slice(mark.requests),
+      network: seen.network.slice(mark.network),
+      dialogs: seen.dialogs.slice(mark.dialogs),
+    });
+  }
+} catch (e) {
+  report.push({ do: 'failed', error: String(e.stack || e), shot: await shot('failure').catch(() => null) });
+} finally {
+  report.push({ do: 'end', console_errors: seen.console_errors });
+  await browser.close();
+}
+process.stdout.write(JSON.stringify({ steps: report }));
