@@ -61,6 +61,8 @@ int request_parse_body(struct request *r);
 /* Look up a query-string parameter, percent-decoded into out.
  * 1 found, 0 absent, -1 malformed encoding, not UTF-8, or given twice. */
 int request_query(const struct request *r, const char *name, struct buf *out);
+/* The reason for a field whose request_query() was -1. */
+extern const char request_bad_query[];
 
 /* Split an Authorization header as SimpleJWT does (blank-separated
  * words): 0 "Bearer <token>" (*token, *len: the token, within header),
