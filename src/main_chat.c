@@ -9,10 +9,11 @@
 #include "server.h"
 
 static const struct route routes[] = {
-	{"/api/chat", METRICS_EP_CHAT, NULL, chat_post, NULL},
-	{"/api/chat/history", METRICS_EP_HISTORY, chat_history_get, NULL, chat_history_delete},
-	{"/api/health", METRICS_EP_HEALTH, ops_health, NULL, NULL},
-	{"/api/metrics", METRICS_EP_METRICS, ops_metrics, NULL, NULL},
+	{"/api/chat", METRICS_EP_CHAT, NULL, chat_post, NULL, NULL},
+	{"/api/chat/history", METRICS_EP_HISTORY, chat_history_get, NULL, chat_history_delete,
+	 NULL},
+	{"/api/health", METRICS_EP_HEALTH, ops_health, NULL, NULL, NULL},
+	{"/api/metrics", METRICS_EP_METRICS, ops_metrics, NULL, NULL, NULL},
 };
 
 int main(void)

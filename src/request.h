@@ -21,9 +21,10 @@ struct worker;
 struct request {
 	FCGX_Request *fcgx;
 	struct worker *worker;
-	const char *method; /* "GET", ... never NULL */
-	char *path;	    /* DOCUMENT_URI without its trailing slash */
-	const char *query;  /* raw QUERY_STRING, never NULL */
+	const char *method;  /* "GET", ... never NULL */
+	char *path;	     /* DOCUMENT_URI without its trailing slash */
+	const char *segment; /* within path: what a route's "*" segment matched, or NULL */
+	const char *query;   /* raw QUERY_STRING, never NULL */
 	struct buf body;
 	cJSON *data; /* parsed JSON body or form fields */
 	struct timespec started;
