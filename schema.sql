@@ -104,3 +104,25 @@ CREATE TABLE stream_tickets (
 ) WITHOUT ROWID;
 CREATE INDEX stream_tickets_by_user ON stream_tickets (user_id);
 CREATE INDEX stream_tickets_by_expiry ON stream_tickets (expires_at);
+
+-- migrate: 5
+-- Conversations a user renamed (PATCH /api/chat/conversations/<id>/).
+-- A conversation is its messages; without a row here its title is its
+-- first user message.  A row lives only while its conversation has
+-- messages: the trigger below removes it with the conversation's last
+-- message, whichever statement deletes it (a history DELETE, an exchange
+-- taken back, a user deleted), so a conversation id used again starts
+-- without the old title.
+CREATE TABLE conversation_titles (
+    user_id         INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    conversation_id TEXT    NOT NULL,
+    title           TEXT    NOT NULL,            -- trimmed, 1-200 characters
+    PRIMARY KEY (user_id, conversation_id)
+) WITHOUT ROWID;
+CREATE TRIGGER conversation_titles_follow_messages AFTER DELETE ON messages
+WHEN NOT EXISTS (SELECT 1 FROM messages
+                 WHERE user_id = OLD.user_id AND conversation_id = OLD.conversation_id)
+BEGIN
+    DELETE FROM conversation_titles
+    WHERE user_id = OLD.user_id AND conversation_id = OLD.conversation_id;
+END;

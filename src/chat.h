@@ -1,6 +1,7 @@
 /*
  * chat — the non-streaming endpoints of the `chat` responder:
- * POST /api/chat/ and GET/DELETE /api/chat/history/.
+ * POST /api/chat/, GET/DELETE /api/chat/history/, GET
+ * /api/chat/conversations/ and PATCH/DELETE /api/chat/conversations/<id>/.
  */
 #ifndef JARVAS_CHAT_H
 #define JARVAS_CHAT_H
@@ -10,5 +11,8 @@
 void chat_post(struct request *r);
 void chat_history_get(struct request *r);
 void chat_history_delete(struct request *r);
+void chat_conversations_get(struct request *r);
+void chat_conversation_patch(struct request *r);
+void chat_conversation_delete(struct request *r);
 
 #endif

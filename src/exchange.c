@@ -13,6 +13,7 @@
 #include "log.h"
 #include "response.h"
 #include "server.h"
+#include "utf8.h"
 
 static void exchange_zero(struct exchange *ex, struct request *r)
 {
@@ -23,40 +24,6 @@ static void exchange_zero(struct exchange *ex, struct request *r)
 	buf_init(&ex->reply, 64u << 20);
 	prompt_init(&ex->prompt);
 }
-
-/* Length of the white-space character at p, or 0: what Python's
- * str.strip() removes (DRF trims with it), in UTF-8. */
-static size_t space_at(const char *s, size_t n)
-{
-	const unsigned char *p = (const unsigned char *)s;
-	unsigned cp;
-
-	if (n >= 1 &&
-	    (p[0] == ' ' || (p[0] >= 0x09 && p[0] <= 0x0d) || (p[0] >= 0x1c && p[0] <= 0x1f)))
-		return 1;
-	if (n >= 2 && p[0] == 0xc2 && (p[1] == 0x85 || p[1] == 0xa0))
-		return 2;
-	if (n < 3 || (p[0] & 0xf0) != 0xe0)
-		return 0;
-	cp = (unsigned)(p[0] & 0x0f) << 12 | (unsigned)(p[1] & 0x3f) << 6 | (p[2] & 0x3f);
-	return (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 ||
-		cp == 0x202f || cp == 0x205f || cp == 0x3000)
-		       ? 3
-		       : 0;
-}
-
-/* Start of the last UTF-8 character of s[0..n). */
-static size_t last_char(const char *s, size_t n)
-{
-	size_t i = n - 1;
-
-	while (i > 0 && n - i < 4 && ((unsigned char)s[i] & 0xc0) == 0x80)
-		i--;
-	return i;
-}
-
-static const char bad_query[] =
-	"Malformed in the query string: bad percent-encoding, not UTF-8, or given twice.";
 
 static int message_too_long(struct exchange *ex)
 {
@@ -71,16 +38,7 @@ static int message_too_long(struct exchange *ex)
 /* Copy the message, trimmed as DRF's CharField trims it, and check it. */
 static int take_message(struct exchange *ex, const char *text, size_t n)
 {
-	size_t k, start;
-
-	while (n > 0 && (k = space_at(text, n)) > 0)
-		text += k, n -= k;
-	while (n > 0) {
-		start = last_char(text, n);
-		if (space_at(text + start, n - start) != n - start)
-			break;
-		n = start;
-	}
+	n = utf8_trim(&text, n);
 	if (n == 0)
 		return resp_field_error(ex->r, "message", "This field may not be blank."), -1;
 	if (n > config.message_max)
@@ -114,7 +72,7 @@ static int read_input_query(struct exchange *ex)
 		if (v.len >= v.max)
 			message_too_long(ex);
 		else
-			resp_field_error(ex->r, "message", bad_query);
+			resp_field_error(ex->r, "message", request_bad_query);
 		goto fail;
 	}
 	if (!found) {
@@ -125,7 +83,7 @@ static int read_input_query(struct exchange *ex)
 		goto fail;
 	found = request_query(ex->r, "conversation_id", &v);
 	if (found < 0) {
-		resp_field_error(ex->r, "conversation_id", bad_query);
+		resp_field_error(ex->r, "conversation_id", request_bad_query);
 		goto fail;
 	}
 	rc = take_conversation(ex, found ? buf_str(&v) : NULL);

@@ -1,5 +1,6 @@
 /*
  * chat — the non-streaming responder: /api/chat/, /api/chat/history/,
+ * /api/chat/conversations/ and /api/chat/conversations/<id>/,
  * /api/health/, /api/metrics, and the JSON 404 for every other path nginx
  * sends here.  Only wiring; the work is in chat.c and ops.c.
  */
@@ -9,10 +10,15 @@
 #include "server.h"
 
 static const struct route routes[] = {
-	{"/api/chat", METRICS_EP_CHAT, NULL, chat_post, NULL},
-	{"/api/chat/history", METRICS_EP_HISTORY, chat_history_get, NULL, chat_history_delete},
-	{"/api/health", METRICS_EP_HEALTH, ops_health, NULL, NULL},
-	{"/api/metrics", METRICS_EP_METRICS, ops_metrics, NULL, NULL},
+	{"/api/chat", METRICS_EP_CHAT, NULL, chat_post, NULL, NULL},
+	{"/api/chat/history", METRICS_EP_HISTORY, chat_history_get, NULL, chat_history_delete,
+	 NULL},
+	{"/api/chat/conversations", METRICS_EP_CONVERSATIONS, chat_conversations_get, NULL, NULL,
+	 NULL},
+	{"/api/chat/conversations/*", METRICS_EP_CONVERSATIONS, NULL, NULL,
+	 chat_conversation_delete, chat_conversation_patch},
+	{"/api/health", METRICS_EP_HEALTH, ops_health, NULL, NULL, NULL},
+	{"/api/metrics", METRICS_EP_METRICS, ops_metrics, NULL, NULL, NULL},
 };
 
 int main(void)

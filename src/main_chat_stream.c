@@ -10,8 +10,8 @@
 #include "tickets.h"
 
 static const struct route routes[] = {
-	{"/api/chat/stream", METRICS_EP_STREAM, stream_get, stream_post, NULL},
-	{"/api/chat/stream/ticket", METRICS_EP_STREAM_TICKET, NULL, tickets_post, NULL},
+	{"/api/chat/stream", METRICS_EP_STREAM, stream_get, stream_post, NULL, NULL},
+	{"/api/chat/stream/ticket", METRICS_EP_STREAM_TICKET, NULL, tickets_post, NULL, NULL},
 };
 
 int main(void)

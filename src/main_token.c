@@ -7,9 +7,9 @@
 #include "tokens.h"
 
 static const struct route routes[] = {
-	{"/api/token", METRICS_EP_TOKEN, NULL, tokens_obtain, NULL},
-	{"/api/token/refresh", METRICS_EP_TOKEN_REFRESH, NULL, tokens_refresh, NULL},
-	{"/api/token/verify", METRICS_EP_TOKEN_VERIFY, NULL, tokens_verify, NULL},
+	{"/api/token", METRICS_EP_TOKEN, NULL, tokens_obtain, NULL, NULL},
+	{"/api/token/refresh", METRICS_EP_TOKEN_REFRESH, NULL, tokens_refresh, NULL, NULL},
+	{"/api/token/verify", METRICS_EP_TOKEN_VERIFY, NULL, tokens_verify, NULL, NULL},
 };
 
 int main(void)

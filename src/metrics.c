@@ -33,8 +33,17 @@ static const int status_codes[METRICS_NSTATUS - 1] = {200, 204, 400, 401, 403, 4
 #define NSTATUS METRICS_NSTATUS
 
 static const char *const endpoint_names[METRICS_EP_COUNT] = {
-	"token",   "token_refresh", "token_verify",	  "chat",  "chat_history", "health",
-	"metrics", "chat_stream",   "chat_stream_ticket", "other",
+	"token",
+	"token_refresh",
+	"token_verify",
+	"chat",
+	"chat_history",
+	"health",
+	"metrics",
+	"chat_stream",
+	"chat_stream_ticket",
+	"chat_conversations",
+	"other",
 };
 static const char *const upstream_error_names[METRICS_UE_COUNT] = {
 	"connect", "http_status", "error_line", "malformed", "cut", "timeout", "other",

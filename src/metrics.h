@@ -29,6 +29,7 @@ enum metrics_endpoint {
 	METRICS_EP_METRICS,
 	METRICS_EP_STREAM,
 	METRICS_EP_STREAM_TICKET,
+	METRICS_EP_CONVERSATIONS,
 	METRICS_EP_OTHER,
 	METRICS_EP_COUNT
 };
@@ -56,7 +57,7 @@ struct metrics_histogram {
 };
 
 #define METRICS_MAGIC 0x6a617276u /* "jarv" */
-#define METRICS_VERSION 3	  /* 3: the chat_stream_ticket endpoint */
+#define METRICS_VERSION 4	  /* 4: the chat_conversations endpoint */
 
 /* A counter file as it is on disk (native byte order: it never leaves
  * the machine).  A reader takes a file only when its size, magic, version

@@ -214,6 +214,9 @@ int request_split_bearer(const char *header, const char **token, size_t *len)
 	return 0;
 }
 
+const char request_bad_query[] =
+	"Malformed in the query string: bad percent-encoding, not UTF-8, or given twice.";
+
 int request_query(const struct request *r, const char *name, struct buf *out)
 {
 	return form_lookup(r->query, name, out);

@@ -21,9 +21,10 @@ struct worker;
 struct request {
 	FCGX_Request *fcgx;
 	struct worker *worker;
-	const char *method; /* "GET", ... never NULL */
-	char *path;	    /* DOCUMENT_URI without its trailing slash */
-	const char *query;  /* raw QUERY_STRING, never NULL */
+	const char *method;  /* "GET", ... never NULL */
+	char *path;	     /* DOCUMENT_URI without its trailing slash */
+	const char *segment; /* within path: what a route's "*" segment matched, or NULL */
+	const char *query;   /* raw QUERY_STRING, never NULL */
 	struct buf body;
 	cJSON *data; /* parsed JSON body or form fields */
 	struct timespec started;
@@ -61,6 +62,8 @@ int request_parse_body(struct request *r);
 /* Look up a query-string parameter, percent-decoded into out.
  * 1 found, 0 absent, -1 malformed encoding, not UTF-8, or given twice. */
 int request_query(const struct request *r, const char *name, struct buf *out);
+/* The reason for a field whose request_query() was -1. */
+extern const char request_bad_query[];
 
 /* Split an Authorization header as SimpleJWT does (blank-separated
  * words): 0 "Bearer <token>" (*token, *len: the token, within header),

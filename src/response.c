@@ -141,19 +141,31 @@ int resp_detail(struct request *r, int status, const char *detail)
 	return resp_detail_code(r, status, detail, NULL);
 }
 
-int resp_field_error(struct request *r, const char *field, const char *message)
+int resp_add_field_error(cJSON *errors, const char *field, const char *message)
 {
-	cJSON *o = cJSON_CreateObject(), *list = cJSON_CreateArray();
-	cJSON *msg = cJSON_CreateString(message);
+	cJSON *list = cJSON_CreateArray(), *msg = cJSON_CreateString(message);
 
-	if (!o || !list || !msg) {
-		cJSON_Delete(o);
+	if (!list || !msg) {
 		cJSON_Delete(list);
 		cJSON_Delete(msg);
+		return -1;
+	}
+	cJSON_AddItemToArray(list, msg); /* cannot fail: both exist */
+	if (!cJSON_AddItemToObject(errors, field, list)) {
+		cJSON_Delete(list);
+		return -1;
+	}
+	return 0;
+}
+
+int resp_field_error(struct request *r, const char *field, const char *message)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	if (!o || resp_add_field_error(o, field, message) < 0) {
+		cJSON_Delete(o);
 		return resp_json(r, 500, NULL);
 	}
-	cJSON_AddItemToArray(list, msg);
-	cJSON_AddItemToObject(o, field, list);
 	return resp_json(r, 400, o);
 }
 

@@ -27,6 +27,9 @@ int resp_detail(struct request *r, int status, const char *detail);
 int resp_detail_code(struct request *r, int status, const char *detail, const char *code);
 /* {"<field>": ["This field is required."]} style validation error. */
 int resp_field_error(struct request *r, const char *field, const char *message);
+/* Add "<field>": ["<message>"] to a DRF error object being built, for
+ * a 400 that names every bad field.  0 or -1 (out of memory). */
+int resp_add_field_error(cJSON *errors, const char *field, const char *message);
 int resp_not_found(struct request *r);
 int resp_method_not_allowed(struct request *r, const char *allow);
 int resp_no_content(struct request *r);

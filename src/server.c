@@ -109,6 +109,25 @@ static void on_wake(int sig)
 	(void)sig; /* only interrupts accept() */
 }
 
+/* Does path match the route's (see struct route)?  *segment: what the
+ * route's "*" segment matched, else NULL. */
+static int route_matches(const char *route, const char *path, const char **segment)
+{
+	size_t n = strlen(route);
+	const char *seg;
+
+	*segment = NULL;
+	if (n < 2 || route[n - 2] != '/' || route[n - 1] != '*')
+		return strcmp(route, path) == 0;
+	if (strncmp(route, path, n - 1) != 0)
+		return 0;
+	seg = path + n - 1;
+	if (!*seg || strchr(seg, '/'))
+		return 0;
+	*segment = seg;
+	return 1;
+}
+
 static void dispatch(struct request *r)
 {
 	const struct route *rt = NULL;
@@ -117,7 +136,7 @@ static void dispatch(struct request *r)
 	int i;
 
 	for (i = 0; i < spec->nroutes; i++)
-		if (strcmp(spec->routes[i].path, r->path) == 0) {
+		if (route_matches(spec->routes[i].path, r->path, &r->segment)) {
 			rt = &spec->routes[i];
 			break;
 		}
@@ -132,12 +151,15 @@ static void dispatch(struct request *r)
 		h = rt->post;
 	else if (strcmp(r->method, "DELETE") == 0)
 		h = rt->delete_;
+	else if (strcmp(r->method, "PATCH") == 0)
+		h = rt->patch;
 	if (h) {
 		h(r);
 		return;
 	}
 	snprintf(allow, sizeof allow, "%s%s%s%sOPTIONS", rt->get ? "GET, HEAD, " : "",
-		 rt->post ? "POST, " : "", rt->delete_ ? "DELETE, " : "", "");
+		 rt->post ? "POST, " : "", rt->patch ? "PATCH, " : "",
+		 rt->delete_ ? "DELETE, " : "");
 	if (strcmp(r->method, "OPTIONS") == 0) {
 		char headers[96];
 

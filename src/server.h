@@ -26,10 +26,14 @@ struct worker {
 
 typedef void (*handler_fn)(struct request *r);
 
+/* path: without trailing slash.  A path whose last segment is "*" stands
+ * for any one non-empty segment there (the route of
+ * "/api/chat/conversations" plus "/" and "*" serves
+ * "/api/chat/conversations/abc"); the handler finds it in r->segment. */
 struct route {
-	const char *path; /* without trailing slash */
-	int endpoint;	  /* enum metrics_endpoint */
-	handler_fn get, post, delete_;
+	const char *path;
+	int endpoint; /* enum metrics_endpoint */
+	handler_fn get, post, delete_, patch;
 };
 
 struct server_spec {

@@ -108,6 +108,68 @@ int utf8_sanitize(struct buf *out, const char *s, size_t n)
 	return buf_append(out, run, (size_t)(end - run)) == BUF_OK ? 0 : -1;
 }
 
+/* Length of the white-space character at s, or 0: what Python's
+ * str.strip() removes, in UTF-8. */
+static size_t space_at(const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	unsigned cp;
+
+	if (n >= 1 &&
+	    (p[0] == ' ' || (p[0] >= 0x09 && p[0] <= 0x0d) || (p[0] >= 0x1c && p[0] <= 0x1f)))
+		return 1;
+	if (n >= 2 && p[0] == 0xc2 && (p[1] == 0x85 || p[1] == 0xa0))
+		return 2;
+	if (n < 3 || (p[0] & 0xf0) != 0xe0)
+		return 0;
+	cp = (unsigned)(p[0] & 0x0f) << 12 | (unsigned)(p[1] & 0x3f) << 6 | (p[2] & 0x3f);
+	return (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 ||
+		cp == 0x202f || cp == 0x205f || cp == 0x3000)
+		       ? 3
+		       : 0;
+}
+
+/* Start of the last character of s[0..n), n > 0. */
+static size_t last_char(const char *s, size_t n)
+{
+	size_t i = n - 1;
+
+	while (i > 0 && n - i < 4 && ((unsigned char)s[i] & 0xc0) == 0x80)
+		i--;
+	return i;
+}
+
+size_t utf8_trim(const char **s, size_t n)
+{
+	const char *text = *s;
+	size_t k, start;
+
+	while (n > 0 && (k = space_at(text, n)) > 0)
+		text += k, n -= k;
+	while (n > 0) {
+		start = last_char(text, n);
+		if (space_at(text + start, n - start) != n - start)
+			break;
+		n = start;
+	}
+	*s = text;
+	return n;
+}
+
+size_t utf8_prefix(const char *s, size_t n, size_t max_chars)
+{
+	size_t at = 0;
+
+	/* A character is its lead byte and the continuation bytes after it. */
+	while (at < n && max_chars > 0) {
+		at++;
+		while (at < n && ((unsigned char)s[at] & 0xc0) == 0x80)
+			at++;
+		max_chars--;
+	}
+	return at;
+}
+
 void utf8_copy(char *dst, size_t cap, const char *s)
 {
 	const unsigned char *p = (const unsigned char *)s;

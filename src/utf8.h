@@ -30,6 +30,16 @@ int utf8_sanitize(struct buf *out, const char *s, size_t n);
  * character, not invalid text. */
 size_t utf8_incomplete_tail(const char *s, size_t n);
 
+/* Trim s[0..n) of white space at both ends, as Python's str.strip()
+ * trims (DRF's CharField does): *s moves past the leading white space;
+ * returns the length left.  s must be valid UTF-8. */
+size_t utf8_trim(const char **s, size_t n);
+
+/* The length in bytes of the first max_chars characters (code points) of
+ * valid UTF-8 s[0..n): n when it has no more, else a cut on a character
+ * boundary. */
+size_t utf8_prefix(const char *s, size_t n, size_t max_chars);
+
 /* Copy s into dst (cap bytes, cap > 0) repaired as utf8_sanitize() does
  * and cut to fit on a character boundary; always NUL-terminated. */
 void utf8_copy(char *dst, size_t cap, const char *s);

@@ -1,6 +1,7 @@
 /*
  * fuzz_utf8 — libFuzzer target for the repair of text from the model
- * (src/utf8.c): utf8_sanitize(), utf8_incomplete_tail(), utf8_copy().
+ * (src/utf8.c): utf8_sanitize(), utf8_incomplete_tail(), utf8_copy(),
+ * utf8_trim() and utf8_prefix().
  *
  * Invariants: sanitizing gives valid UTF-8 without NUL; valid text comes
  * out unchanged; sanitizing twice changes nothing more; cutting the input
@@ -73,6 +74,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FUZZ_ASSERT(strncmp(buf_str(&again), small, strlen(small)) == 0);
 	FUZZ_ASSERT(again.len - strlen(small) < 4 || strlen(small) + 4 > cap - 1);
 	free(cstr);
+	/* Trimming and cutting valid text (a title): what is left is a part
+	 * of it, valid, and a cut of k characters holds k or all of them. */
+	{
+		const char *t = buf_str(&whole);
+		size_t left = utf8_trim(&t, whole.len), k = data[0] % 8, cut_at;
+
+		FUZZ_ASSERT(t >= buf_str(&whole) && t + left <= buf_str(&whole) + whole.len);
+		FUZZ_ASSERT(utf8_valid(t, left));
+		cut_at = utf8_prefix(t, left, k);
+		FUZZ_ASSERT(cut_at <= left && cut_at <= 4 * k && utf8_valid(t, cut_at));
+		FUZZ_ASSERT(cut_at == left || cut_at >= k);
+	}
 	buf_free(&whole);
 	buf_free(&again);
 	buf_free(&split);

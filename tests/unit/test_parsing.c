@@ -315,6 +315,39 @@ static void test_utf8(void)
 	CHECK_STR(small, "a\xef\xbf\xbdz");
 }
 
+static void test_utf8_trim_and_prefix(void)
+{
+	/* input, what Python's str.strip() leaves of it */
+	static const struct {
+		const char *in, *out;
+	} trim[] = {
+		{"", ""},
+		{"abc", "abc"},
+		{" \t\n\r\v\fabc \x1c\x1f", "abc"},
+		{"\xc2\xa0\xc2\x85 a b \xe3\x80\x80", "a b"},	/* NBSP, NEL, ideographic */
+		{"\xe2\x80\xa8\xe2\x80\x83x\xe2\x80\xaf", "x"}, /* U+2028, U+2003, U+202F */
+		{"\xe2\x80\x8bx\xe2\x80\x8b", "\xe2\x80\x8bx\xe2\x80\x8b"}, /* U+200B is not */
+		{" \xc3\xa9 ", "\xc3\xa9"},
+		{"   ", ""},
+	};
+	const char *s, *mixed = "a\xe2\x82\xac\xf0\x9f\x8e\x89\xc3\xa9"; /* 1, 3, 4, 2 bytes */
+	size_t i, n;
+
+	for (i = 0; i < sizeof trim / sizeof trim[0]; i++) {
+		s = trim[i].in;
+		n = utf8_trim(&s, strlen(s));
+		CHECK(n == strlen(trim[i].out) && memcmp(s, trim[i].out, n) == 0);
+	}
+	/* Characters, not bytes; never inside one. */
+	CHECK(utf8_prefix(mixed, 10, 0) == 0);
+	CHECK(utf8_prefix(mixed, 10, 1) == 1);
+	CHECK(utf8_prefix(mixed, 10, 2) == 4);
+	CHECK(utf8_prefix(mixed, 10, 3) == 8);
+	CHECK(utf8_prefix(mixed, 10, 4) == 10);
+	CHECK(utf8_prefix(mixed, 10, 80) == 10);
+	CHECK(utf8_prefix("", 0, 80) == 0);
+}
+
 static void test_buf(void)
 {
 	struct buf b;
@@ -393,6 +426,7 @@ int main(void)
 	test_fcgi_wire();
 	test_sse_events();
 	test_utf8();
+	test_utf8_trim_and_prefix();
 	test_buf();
 	test_decode_body();
 	return check_report("test_parsing");
