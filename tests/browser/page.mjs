@@ -13,12 +13,13 @@
 //
 // Steps:
 //   login {password?}           fill the form; reports {error, chat_shown}
-//   send {text, stop_after?, shot?}
+//   send {text, stop_after?, shot?, peek_ms?}
 //                               type and press Enter; the reply's text at each
-//                               DOM mutation (ms since Enter), the final text,
+//                               DOM mutation (t: ms after Enter), the final text,
 //                               problem/meta notes; with stop_after, click Stop
 //                               after that many chunks ({stopped_at}: epoch ms);
-//                               shot: screenshot name prefix (mid + end)
+//                               shot: screenshot name prefix (mid + end);
+//                               peek_ms: the status line and waiting state then
 //   reload                      reload the page; {chat_shown, conversations}
 //   new                         click "New conversation"
 //   open {index}                open the index-th conversation of the sidebar;
@@ -55,7 +56,8 @@ page.on('console', (m) => { if (m.type() === 'error') seen.console_errors.push(m
 page.on('pageerror', (e) => seen.console_errors.push(String(e)));
 page.on('response', (r) => {
   const u = new URL(r.url());
-  if (u.pathname.startsWith('/api/')) seen.requests.push({ method: r.request().method(), path: u.pathname, status: r.status() });
+  if (u.pathname.startsWith('/api/') || r.status() >= 400)
+    seen.requests.push({ method: r.request().method(), path: u.pathname, status: r.status() });
 });
 
 // The DevTools protocol's view of the stream requests, as the old
@@ -124,22 +126,33 @@ const steps = {
     await page.evaluate((n) => {
       window.__marks = [];
       const list = document.getElementById('messages');
-      const t0 = performance.now();
-      window.__t0 = t0;
       const obs = new MutationObserver(() => {
         const reply = list.querySelectorAll('.message.assistant')[n];
         if (!reply) return;
         const text = reply.querySelector('.body').textContent;
         const last = window.__marks[window.__marks.length - 1];
-        if (!last || last.text !== text) window.__marks.push({ t: performance.now() - t0, text });
+        if (!last || last.text !== text) window.__marks.push({ at: Date.now(), text });
       });
       obs.observe(list, { childList: true, subtree: true, characterData: true });
       window.__obs = obs;
+      // Enter as the page sees it: the clock of "time to first token"
+      document.getElementById('input').addEventListener('keydown', (e) => {
+        if (e.key === 'Enter') window.__enter = Date.now();
+      }, { once: true });
     }, before);
     await page.fill('#input', step.text);
     const sentAt = Date.now();
     await page.press('#input', 'Enter');
     const out = { sent_at: sentAt };
+    if (step.peek_ms) { // what the page shows while the model is silent
+      await page.waitForTimeout(step.peek_ms);
+      out.peek = await page.evaluate((n) => {
+        const reply = document.querySelectorAll('#messages .message.assistant')[n];
+        return { status: document.getElementById('status').textContent,
+          waiting: !!reply && reply.classList.contains('waiting'),
+          shown: reply ? getComputedStyle(reply.querySelector('.body'), '::after').content : null };
+      }, before);
+    }
     if (step.stop_after) {
       await page.waitForFunction((k) => (window.__marks || []).filter((m) => m.text).length >= k,
         step.stop_after, { timeout: 30000 });
@@ -155,13 +168,15 @@ const steps = {
       window.__obs.disconnect();
       const reply = document.querySelectorAll('#messages .message.assistant')[n];
       return {
-        marks: window.__marks.filter((m) => m.text),
+        marks: window.__marks.filter((m) => m.text),  // {at: epoch ms, text}
         text: reply.querySelector('.body').textContent,
         html_elements: Array.from(reply.querySelectorAll('.body *')).map((e) => e.tagName.toLowerCase()),
         problem: reply.querySelector('.problem')?.textContent ?? null,
         meta: reply.querySelector('.meta')?.textContent ?? null,
       };
     }, before);
+    const enter = await page.evaluate(() => window.__enter);
+    for (const m of result.marks) m.t = m.at - enter; // ms after Enter
     Object.assign(out, result);
     if (step.shot) out.shot_end = await shot(`${step.shot}-end`);
     return out;

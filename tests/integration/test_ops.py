@@ -577,6 +577,7 @@ def test_the_repository_needs_nothing_outside_it(stack):
     assert r.returncode == 1 and not r.stdout, r.stdout  # 1: no match
     readme = (ROOT / "README.md").read_text()
     for endpoint in ("/api/token/", "/api/token/refresh/", "/api/token/verify/", "/api/chat/",
-                     "/api/chat/history/", "/api/chat/stream/", "/api/health/", "/api/metrics"):
+                     "/api/chat/history/", "/api/chat/stream/", "/api/chat/stream/ticket/",
+                     "/api/chat/conversations/", "/api/health/", "/api/metrics"):
         assert f"`POST {endpoint}" in readme or f"`GET {endpoint}" in readme \
             or f"`DELETE {endpoint}" in readme, f"README does not document {endpoint}"

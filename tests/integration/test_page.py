@@ -217,6 +217,22 @@ def test_an_expired_access_token_is_refreshed_without_the_user_noticing(stack):
     assert text_of(send2) == "Still here too.", send2
 
 
+@harness.stack_env(JARVAS_PING_INTERVAL="1")
+def test_a_silent_model_shows_waiting_then_the_reply(stack):
+    if not ready():
+        return skip("the chat page")
+    user = account(stack, "pagewait")
+    login, send, end = run_page(stack, user, [
+        dict(do="login"),
+        dict(do="send", text="think first " + words("Done thinking.", first_ms=3500), peek_ms=2600),
+    ])
+    peek = send["peek"]
+    assert peek["waiting"] and "waiting for the model" in peek["shown"], peek
+    assert peek["status"].startswith("Waiting for the model… ") and peek["status"] != \
+        "Waiting for the model… 0 s", peek  # pings counted while only they arrived
+    assert text_of(send) == "Done thinking." and send["marks"][0]["t"] >= 3000, send["marks"]
+
+
 def test_a_wrong_password_shows_the_servers_message(stack):
     if not ready():
         return skip("the chat page")
