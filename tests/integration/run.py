@@ -21,6 +21,7 @@ Python 3 standard library only.
 """
 
 import importlib
+import time
 import inspect
 import os
 import signal
@@ -154,8 +155,10 @@ def main(argv):
             own[key] = harness.Stack(test.env).start()
         return own[key]
 
+    took = {}  # module -> seconds, printed at the end (the slowest first)
     try:
         for module, only in selected:
+            t_module = time.monotonic()
             try:
                 tests = collect(module, only)
             except SystemExit:
@@ -184,11 +187,14 @@ def main(argv):
             for s in own.values():
                 s.stop()
             own.clear()
+            took[module] = took.get(module, 0) + time.monotonic() - t_module
     finally:
         for s in own.values():
             s.stop()
         if shared is not None:
             shared.stop()
+    say("seconds by file: " + ", ".join(f"{m} {t:.0f}" for m, t in
+                                         sorted(took.items(), key=lambda kv: -kv[1])))
     say(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
 
