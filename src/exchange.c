@@ -188,10 +188,10 @@ static int reserve(struct exchange *ex, struct db *d, int stream)
 			       &ex->running);
 	if (rc != 0)
 		return rc;
-	if (stream && (history_store_message(d, ex->user_msg_id, ex->user.id, ex->conversation,
-					     "user", buf_str(&ex->message), ex->message.len,
-					     1) < 0 ||
-		       history_start_reply(d, ex->message_id, ex->user.id, ex->conversation) < 0))
+	if (stream &&
+	    (history_store_message(d, ex->user_msg_id, ex->user.id, ex->conversation, "user",
+				   buf_str(&ex->message), ex->message.len, 1) < 0 ||
+	     history_start_reply(d, ex->message_id, ex->user.id, ex->conversation) < 0))
 		return -1;
 	return 0;
 }
@@ -280,14 +280,9 @@ int exchange_begin(struct exchange *ex, struct request *r, int from_query, int s
 	if (admit(ex, stream) < 0)
 		return -1;
 	switch (load_context(ex, stream)) {
-	case 0:
-		return 0;
-	case 1:
-		busy(ex);
-		return -1;
-	default:
-		resp_detail(r, 503, "Database unavailable, please retry.");
-		return -1;
+	case 0: return 0;
+	case 1: busy(ex); return -1;
+	default: resp_detail(r, 503, "Database unavailable, please retry."); return -1;
 	}
 }
 

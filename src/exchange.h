@@ -43,11 +43,11 @@ struct exchange {
 	struct buf ends;
 	int ends_lost; /* past ends' cap: not stored */
 	struct upstream_result result;
-	int reply_cut;	 /* the reply outgrew ex->reply's cap: the model was stopped */
-	int stream_slot; /* limits slot held (a stream's or a chat's), or -1 */
-	int resumable;	 /* "resumable": true: the model goes on without its client */
-	int claimed;	 /* the generations row is ours (generations.h) */
-	int stopped;	 /* POST /api/chat/stop/ asked (exchange_run) */
+	int reply_cut;	   /* the reply outgrew ex->reply's cap: the model was stopped */
+	int stream_slot;   /* limits slot held (a stream's or a chat's), or -1 */
+	int resumable;	   /* "resumable": true: the model goes on without its client */
+	int claimed;	   /* the generations row is ours (generations.h) */
+	int stopped;	   /* POST /api/chat/stop/ asked (exchange_run) */
 	long long running; /* exchange_begin() answered 409: the reply that runs */
 };
 

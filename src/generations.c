@@ -137,8 +137,9 @@ int generations_find(struct db *d, long long user_id, long long message_id,
 {
 	static const char sql_id[] = "SELECT message_id, conversation_id, owner, resumable "
 				     "FROM generations WHERE user_id = ?1 AND message_id = ?2";
-	static const char sql_conv[] = "SELECT message_id, conversation_id, owner, resumable "
-				       "FROM generations WHERE user_id = ?1 AND conversation_id = ?2";
+	static const char sql_conv[] =
+		"SELECT message_id, conversation_id, owner, resumable "
+		"FROM generations WHERE user_id = ?1 AND conversation_id = ?2";
 	sqlite3_stmt *st = db_stmt(d, conversation ? sql_conv : sql_id);
 	int rc;
 

@@ -32,6 +32,23 @@ void history_free(struct history *h)
 	h->n = 0;
 }
 
+/* Run a statement that returns no rows: 0 or -1. */
+static int step_done(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* ?1..?3 of a messages row: its id, its user and conversation. */
+static void bind_row(sqlite3_stmt *st, long long id, long long user_id, const char *conversation)
+{
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_int64(st, 2, user_id);
+	sqlite3_bind_text(st, 3, conversation, -1, SQLITE_STATIC);
+}
+
 int history_last(struct db *d, long long user_id, const char *conversation, int limit,
 		 struct history *out)
 {
@@ -174,19 +191,14 @@ int history_store_message(struct db *d, long long id, long long user_id, const c
 		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete) "
 		"VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 	sqlite3_stmt *st = db_stmt(d, sql);
-	int rc;
 
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, id);
-	sqlite3_bind_int64(st, 2, user_id);
-	sqlite3_bind_text(st, 3, conversation, -1, SQLITE_STATIC);
+	bind_row(st, id, user_id, conversation);
 	sqlite3_bind_text(st, 4, role, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 5, text, (int)len, SQLITE_STATIC);
 	sqlite3_bind_int(st, 6, complete);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : -1;
+	return step_done(st);
 }
 
 /* Bind the final fields of a reply to ?5..?10 of a statement that
@@ -209,25 +221,20 @@ static void bind_reply(sqlite3_stmt *st, const struct history_reply *rep)
 int history_store(struct db *d, long long user_id, const char *conversation, long long user_msg_id,
 		  const char *user_text, long long reply_id, const struct history_reply *rep)
 {
-	static const char sql[] =
-		"INSERT INTO messages (id, user_id, conversation_id, role, content, status, complete, "
-		"prompt_tokens, completion_tokens, chunk_ends, error) "
-		"VALUES (?1, ?2, ?3, 'assistant', ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+	static const char sql[] = "INSERT INTO messages (id, user_id, conversation_id, role, "
+				  "content, status, complete, "
+				  "prompt_tokens, completion_tokens, chunk_ends, error) "
+				  "VALUES (?1, ?2, ?3, 'assistant', ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 	sqlite3_stmt *st;
-	int rc;
 
 	if (history_store_message(d, user_msg_id, user_id, conversation, "user", user_text,
 				  strlen(user_text), 1) < 0 ||
 	    !(st = db_stmt(d, sql)))
 		return -1;
-	sqlite3_bind_int64(st, 1, reply_id);
-	sqlite3_bind_int64(st, 2, user_id);
-	sqlite3_bind_text(st, 3, conversation, -1, SQLITE_STATIC);
+	bind_row(st, reply_id, user_id, conversation);
 	sqlite3_bind_text(st, 4, rep->text, (int)rep->len, SQLITE_STATIC);
 	bind_reply(st, rep);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : -1;
+	return step_done(st);
 }
 
 int history_start_reply(struct db *d, long long reply_id, long long user_id,
@@ -237,16 +244,11 @@ int history_start_reply(struct db *d, long long reply_id, long long user_id,
 				  "content, complete, status) "
 				  "VALUES (?1, ?2, ?3, 'assistant', '', 0, 'streaming')";
 	sqlite3_stmt *st = db_stmt(d, sql);
-	int rc;
 
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, reply_id);
-	sqlite3_bind_int64(st, 2, user_id);
-	sqlite3_bind_text(st, 3, conversation, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : -1;
+	bind_row(st, reply_id, user_id, conversation);
+	return step_done(st);
 }
 
 int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, long long user_id,
@@ -255,36 +257,34 @@ int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, 
 	/* Only next to its user message: a conversation deleted while its
 	 * reply streamed stays deleted. */
 	static const char sql_final[] =
-		"INSERT INTO messages (id, user_id, conversation_id, role, content, status, complete, "
+		"INSERT INTO messages (id, user_id, conversation_id, role, content, status, "
+		"complete, "
 		"prompt_tokens, completion_tokens, chunk_ends, error) "
 		"SELECT ?1, ?2, ?3, 'assistant', ?4, ?5, ?6, ?7, ?8, ?9, ?10 WHERE EXISTS "
 		"(SELECT 1 FROM messages WHERE id = ?11 AND user_id = ?2 AND role = 'user') "
 		"ON CONFLICT (id) DO UPDATE SET content = excluded.content, "
 		"status = excluded.status, complete = excluded.complete, "
 		"prompt_tokens = excluded.prompt_tokens, completion_tokens = "
-		"excluded.completion_tokens, chunk_ends = excluded.chunk_ends, error = excluded.error";
+		"excluded.completion_tokens, chunk_ends = excluded.chunk_ends, error = "
+		"excluded.error";
 	static const char sql_partial[] =
-		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete, status) "
+		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete, "
+		"status) "
 		"SELECT ?1, ?2, ?3, 'assistant', ?4, 0, 'streaming' WHERE EXISTS "
 		"(SELECT 1 FROM messages WHERE id = ?11 AND user_id = ?2 AND role = 'user') "
 		"ON CONFLICT (id) DO UPDATE SET content = excluded.content "
 		"WHERE messages.status = 'streaming' AND "
 		"length(CAST(messages.content AS BLOB)) < length(CAST(excluded.content AS BLOB))";
 	sqlite3_stmt *st = db_stmt(d, partial ? sql_partial : sql_final);
-	int rc;
 
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, reply_id);
-	sqlite3_bind_int64(st, 2, user_id);
-	sqlite3_bind_text(st, 3, conversation, -1, SQLITE_STATIC);
+	bind_row(st, reply_id, user_id, conversation);
 	sqlite3_bind_text(st, 4, rep->text, (int)rep->len, SQLITE_STATIC);
 	if (!partial)
 		bind_reply(st, rep);
 	sqlite3_bind_int64(st, 11, user_msg_id);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : -1;
+	return step_done(st);
 }
 
 /* A copy of column i's bytes (NUL-terminated), or NULL. */
@@ -309,7 +309,8 @@ int history_get_reply(struct db *d, long long user_id, long long message_id,
 {
 	static const char sql[] =
 		"SELECT conversation_id, status, content, chunk_ends, error, prompt_tokens, "
-		"completion_tokens FROM messages WHERE id = ?1 AND user_id = ?2 AND role = 'assistant'";
+		"completion_tokens FROM messages WHERE id = ?1 AND user_id = ?2 AND role = "
+		"'assistant'";
 	sqlite3_stmt *st = db_stmt(d, sql);
 	int rc;
 
@@ -330,10 +331,12 @@ int history_get_reply(struct db *d, long long user_id, long long message_id,
 			out->chunk_ends = column_copy(st, 3, &out->chunk_ends_len);
 		if (sqlite3_column_type(st, 4) != SQLITE_NULL)
 			out->error = column_copy(st, 4, NULL);
-		out->prompt_tokens =
-			sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5);
-		out->completion_tokens =
-			sqlite3_column_type(st, 6) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 6);
+		out->prompt_tokens = sqlite3_column_type(st, 5) == SQLITE_NULL
+					     ? -1
+					     : sqlite3_column_int64(st, 5);
+		out->completion_tokens = sqlite3_column_type(st, 6) == SQLITE_NULL
+						 ? -1
+						 : sqlite3_column_int64(st, 6);
 		if (!out->text) {
 			sqlite3_reset(st);
 			history_stored_free(out);

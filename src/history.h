@@ -49,7 +49,7 @@ int history_reserve_ids(struct db *d, long long *user_msg_id, long long *reply_i
 struct history_reply {
 	const char *text;
 	size_t len;
-	const char *status; /* "done", "stopped", "failed", "interrupted" */
+	const char *status;			    /* "done", "stopped", "failed", "interrupted" */
 	long long prompt_tokens, completion_tokens; /* -1: the upstream sent none */
 	const void *chunk_ends;			    /* NULL: not known */
 	size_t chunk_ends_len;			    /* bytes */
@@ -87,7 +87,7 @@ struct history_stored {
 	size_t len;
 	unsigned char *chunk_ends; /* NULL: not known */
 	size_t chunk_ends_len;
-	char *error; /* NULL: none */
+	char *error;				    /* NULL: none */
 	long long prompt_tokens, completion_tokens; /* -1: none */
 };
 /* This user's reply message_id: 1 found, 0 none (or not a reply), -1. */

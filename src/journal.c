@@ -121,8 +121,8 @@ static int cut_off(struct journal_writer *w, const char *what)
 	char dir[48];
 
 	if (!w->broken)
-		log_error("journal of message %lld: %s: %s; its readers are cut off",
-			  w->message_id, what, strerror(errno));
+		log_error("journal of message %lld: %s: %s; its readers are cut off", w->message_id,
+			  what, strerror(errno));
 	w->broken = 1;
 	buf_reset(&w->pending);
 	name_of(dir, sizeof dir, w->message_id, "");
@@ -397,8 +397,8 @@ int journal_read(struct journal_reader *rd,
 		if (rc == 2)
 			return 0;
 		if (rc < 0) {
-			log_error("journal of message %lld: a malformed record in %s", rd->message_id,
-				  rd->path);
+			log_error("journal of message %lld: a malformed record in %s",
+				  rd->message_id, rd->path);
 			return -1;
 		}
 		if (rc == 3) { /* on to the next segment */

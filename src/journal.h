@@ -59,8 +59,8 @@ int journal_init(void);
 struct journal_writer {
 	long long message_id;
 	int lock_fd, seg_fd;
-	unsigned seg;	  /* the segment written */
-	size_t seg_bytes; /* written to it so far */
+	unsigned seg;	    /* the segment written */
+	size_t seg_bytes;   /* written to it so far */
 	struct buf pending; /* records not written yet (journal_flush) */
 	int broken;	    /* a write failed: readers are cut off */
 };
@@ -83,9 +83,9 @@ struct journal_reader {
 	long long message_id;
 	int lock_fd, seg_fd;
 	unsigned seg;
-	struct buf in;	 /* bytes read, not yet a whole record */
-	int after;	 /* the last seq handed on */
-	int ended;	 /* END was handed on */
+	struct buf in; /* bytes read, not yet a whole record */
+	int after;     /* the last seq handed on */
+	int ended;     /* END was handed on */
 	char path[64]; /* of the segment read, relative to streams/ */
 };
 

@@ -54,18 +54,18 @@
 #include "sse.h"
 #include "upstream.h"
 
-#define TICK_S 0.25	       /* pings, idle timeouts, shutdown checks */
-#define PENDING_MAX (1u << 20) /* unsent bytes before a client counts as gone */
-#define OUT_MAX (32u << 20)    /* one event: a 4 MiB line, escaped */
-#define MARKS_MAX (1u << 20)   /* struct mark per chunk waiting in `out` */
-#define CLOSE_GRACE_S 10.0     /* to take the last event, then it is cut */
-#define STORERS 2	       /* store threads */
-#define IDLE_HANDLES 256       /* curl handles kept for reuse */
-#define EVENTS 256	       /* epoll events per wait */
-#define DRAIN_MAX (256u << 10) /* client bytes read per event, then others' turn */
-#define CURL_TAG (1ull << 63)  /* epoll data of an upstream socket */
-#define WAKE_TAG ((uint64_t)1) /* epoll data of the eventfd */
-#define INOTIFY_TAG ((uint64_t)2) /* epoll data of the inotify descriptor */
+#define TICK_S 0.25		   /* pings, idle timeouts, shutdown checks */
+#define PENDING_MAX (1u << 20)	   /* unsent bytes before a client counts as gone */
+#define OUT_MAX (32u << 20)	   /* one event: a 4 MiB line, escaped */
+#define MARKS_MAX (1u << 20)	   /* struct mark per chunk waiting in `out` */
+#define CLOSE_GRACE_S 10.0	   /* to take the last event, then it is cut */
+#define STORERS 2		   /* store threads */
+#define IDLE_HANDLES 256	   /* curl handles kept for reuse */
+#define EVENTS 256		   /* epoll events per wait */
+#define DRAIN_MAX (256u << 10)	   /* client bytes read per event, then others' turn */
+#define CURL_TAG (1ull << 63)	   /* epoll data of an upstream socket */
+#define WAKE_TAG ((uint64_t)1)	   /* epoll data of the eventfd */
+#define INOTIFY_TAG ((uint64_t)2)  /* epoll data of the inotify descriptor */
 #define FOLLOW_BEHIND (256u << 10) /* a follower's unsent bytes before it waits */
 
 /* STREAMING, STORING, CLOSING: a stream generating a reply.  FOLLOWING:
@@ -250,8 +250,7 @@ static void mark_dirty(struct stream *s)
 /* The client stopped reading (PENDING_MAX bytes wait) or memory ran out. */
 static void too_slow(struct stream *s)
 {
-	log_warn("stream of message %lld: the client stopped reading; dropping it",
-		 s->message_id);
+	log_warn("stream of message %lld: the client stopped reading; dropping it", s->message_id);
 	mark_gone(s);
 }
 
@@ -384,8 +383,12 @@ static int journal_chunk(struct stream *s, const struct piece *p)
 {
 	buf_reset(&relay.scratch);
 	if (format_chunk(&relay.scratch, p) < 0 ||
-	    journal_add(s->jw, JOURNAL_EVENT, s->seq, relay.scratch.data, relay.scratch.len) < 0)
-		s->resumable = 0; /* logged; from here on as any stream */
+	    journal_add(s->jw, JOURNAL_EVENT, s->seq, relay.scratch.data, relay.scratch.len) < 0) {
+		/* Logged; from here on as any stream.  What came before counts
+		 * as sent (its marks were not kept). */
+		s->resumable = 0;
+		s->delivered = s->ex->reply.len;
+	}
 	mark_dirty(s); /* the journal is written at the end of the turn */
 	if (!gone(s) && relay.scratch.len > 0 && !buf_error(&relay.scratch))
 		queue_record(s, format_bytes, &relay.scratch); /* a client lost is no reason */
@@ -661,7 +664,8 @@ static int final_event(struct buf *ev, const struct stream *s, const char *statu
 		return sse_done(ev, id, seq, ex->conversation, &ex->result,
 				strcmp(status, "stopped") == 0);
 	if (s->restarting)
-		return sse_error(ev, id, seq, "The server is restarting; please retry in a moment.");
+		return sse_error(ev, id, seq,
+				 "The server is restarting; please retry in a moment.");
 	if (ex->result.outcome == UPSTREAM_FAILED)
 		return sse_error(ev, id, seq, ex->result.error);
 	if (strcmp(status, "interrupted") == 0)
@@ -691,7 +695,7 @@ static void settle(struct stream *s)
 	buf_init(&ev, 64u << 10);
 	if (final_event(&ev, s, status, stored) < 0)
 		buf_reset(&ev); /* out of memory: the request still ends */
-	if (s->jw) { /* its readers get the end too, then the journal goes */
+	if (s->jw) {		/* its readers get the end too, then the journal goes */
 		if (ev.len > 0 && journal_add(s->jw, JOURNAL_END, s->seq + 1, ev.data, ev.len) == 0)
 			journal_flush(s->jw);
 		journal_remove(s->jw);
@@ -711,8 +715,8 @@ static void settle(struct stream *s)
 	buf_free(&ev);
 	if (fcgi_wire_end(&s->tail, s->request_id) < 0)
 		buf_reset(&s->tail);
-	snprintf(s->note, sizeof s->note, "outcome=%s message_id=%lld%s", outcome,
-		 ex->message_id, s->resumable ? " resumable=1" : "");
+	snprintf(s->note, sizeof s->note, "outcome=%s message_id=%lld%s", outcome, ex->message_id,
+		 s->resumable ? " resumable=1" : "");
 }
 
 /* A reply as far as its client has been sent it, for history while the
@@ -815,7 +819,8 @@ static int format_gap(struct buf *out, const void *arg)
 {
 	const int *g = arg;
 
-	return buf_printf(out, "event: gap\ndata: {\"type\": \"gap\", \"from\": %d, \"to\": %d}\n\n",
+	return buf_printf(out,
+			  "event: gap\ndata: {\"type\": \"gap\", \"from\": %d, \"to\": %d}\n\n",
 			  g[0], g[1]) == BUF_OK
 		       ? 0
 		       : -1;
@@ -917,8 +922,13 @@ static void on_inotify(void)
 			}
 			for (f = relay.followers; f; f = fnext) {
 				fnext = f->lnext;
-				if (f->wd == e->wd)
-					pump(f);
+				if (f->wd != e->wd)
+					continue;
+				/* The file went (IN_IGNORED follows): the kernel may
+				 * give its watch's number to another file. */
+				if (e->mask & IN_IGNORED)
+					f->wd = -1;
+				pump(f);
 			}
 		}
 	}
@@ -1072,7 +1082,8 @@ static void tick(double now)
 		}
 		if (s->state == FOLLOWING) {
 			if (stopping) {
-				end_follower(s, "The server is restarting; please retry in a moment.");
+				end_follower(s,
+					     "The server is restarting; please retry in a moment.");
 				continue;
 			}
 			if (!gone(s) && now - s->last_write >= config.ping_interval)

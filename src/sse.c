@@ -82,9 +82,8 @@ static int add_usage(struct buf *b, long long prompt_tokens, long long completio
 		return 0;
 	if (buf_puts(b, ", \"usage\": {") != BUF_OK)
 		return -1;
-	if (prompt_tokens >= 0 &&
-	    buf_printf(b, "\"prompt_tokens\": %lld%s", prompt_tokens,
-		       completion_tokens >= 0 ? ", " : "") != BUF_OK)
+	if (prompt_tokens >= 0 && buf_printf(b, "\"prompt_tokens\": %lld%s", prompt_tokens,
+					     completion_tokens >= 0 ? ", " : "") != BUF_OK)
 		return -1;
 	if (completion_tokens >= 0 &&
 	    buf_printf(b, "\"completion_tokens\": %lld", completion_tokens) != BUF_OK)

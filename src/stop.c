@@ -23,9 +23,9 @@
 #include "log.h"
 #include "response.h"
 
-#define WAIT_MS 5000	/* for the reply to be stored */
-#define POLL_MS 50	/* between looks at its status */
-#define RENEW_MS 1000	/* a request not acted on is made again (see below) */
+#define WAIT_MS 5000  /* for the reply to be stored */
+#define POLL_MS 50    /* between looks at its status */
+#define RENEW_MS 1000 /* a request not acted on is made again (see below) */
 
 /* The message to stop, from the body: 0 with *id or conv set, or -1 with
  * the 400 sent. */
@@ -46,7 +46,8 @@ static int read_target(struct request *r, long long *id, const char **conv)
 			 m->valuedouble == (double)(long long)m->valuedouble)
 			*id = (long long)m->valuedouble;
 		else
-			return resp_field_error(r, "message_id", "A valid integer is required."), -1;
+			return resp_field_error(r, "message_id", "A valid integer is required."),
+			       -1;
 		return 0;
 	}
 	if (c) {

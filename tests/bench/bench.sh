@@ -43,6 +43,8 @@
 #                     only set streams up; relay.c's one loop thread per
 #                     process carries every open stream) and thread stack
 #                     (defaults 2, 16, 64; quick: 1, 16, 64)
+#   BENCH_RESUMABLE=1 jarvas' streams ask for "resumable" (journaled, issue
+#                     12): the cost of the journal against the same floor
 #   BENCH_KEEP=1      keep the temporary directory (logs, raw JSON) and say
 #                     where; it is also kept when a scenario had failures
 # Needs: make (cgi-bin/*, tests/fake_ollama); tests/bench/loadgen is built
@@ -66,6 +68,9 @@ else
     PROCS=${BENCH_PROCS:-2} WORKERS=${BENCH_WORKERS:-16}
 fi
 GAP_MS=${BENCH_GAP_MS:-20}
+# The stream's query string after its conversation id.
+STREAM_OPTS=
+if [[ ${BENCH_RESUMABLE:-0} == 1 ]]; then STREAM_OPTS='&resumable=1'; fi
 
 say() { printf 'bench: %s\n' "$*" >&2; }
 die() {
@@ -284,7 +289,7 @@ JARVAS_CPU=(-U "nginx=$JNGINX_PIDS" -U "chat_stream=$STREAM_PIDS" -U "upstream=$
 fake_config '{"tokens": 5, "delay_ms": 0, "first_ms": 0}'
 run 1 floor -q -m ndjson -b "$(floor_body true)" -n "$N1" -c 1 -T 120 "${FLOOR_CPU[@]}" "$FLOOR_ADDR" /api/chat
 run 1 jarvas -q -m sse -a "$AUTH" -n "$N1" -c 1 -T 120 -S "$STREAM_PIDS" "${JARVAS_CPU[@]}" \
-    "$JARVAS_ADDR" "/api/chat/stream/?message=bench&conversation_id=s1-{i}"
+    "$JARVAS_ADDR" "/api/chat/stream/?message=bench&conversation_id=s1-{i}$STREAM_OPTS"
 
 # 2-4: many concurrent streams
 streams_scenario() { # NAME N
@@ -302,16 +307,17 @@ streams_scenario() { # NAME N
     run "$name" floor -m ndjson -b "$(floor_body true)" -n "$n" -r "$RAMP" -T "$timeout" \
         "${FLOOR_CPU[@]}" "$FLOOR_ADDR" /api/chat
     run "$name" jarvas -m sse -a "$AUTH" -n "$n" -r "$RAMP" -T "$timeout" -S "$STREAM_PIDS" \
-        "${JARVAS_CPU[@]}" "$JARVAS_ADDR" "/api/chat/stream/?message=bench&conversation_id=s$name-{i}"
+        "${JARVAS_CPU[@]}" "$JARVAS_ADDR" "/api/chat/stream/?message=bench&conversation_id=s$name-{i}$STREAM_OPTS"
 }
 streams_scenario 2 "$N2"
 streams_scenario 3 "$N3"
 streams_scenario 4 "$N4"
 
-# 5: non-streaming requests per second
+# 5: non-streaming requests per second, each in a conversation of its own
+# (one generation per conversation: a second at once would get 409)
 fake_config '{"tokens": 5, "delay_ms": 0, "first_ms": 0}'
 run 5 floor -q -m rr -b "$(floor_body false)" -c 32 -d "$RR_SECS" "${FLOOR_CPU[@]}" "$FLOOR_ADDR" /api/chat
-run 5 jarvas -q -m rr -a "$AUTH" -b '{"message": "bench", "conversation_id": "rr"}' -c 32 -d "$RR_SECS" \
+run 5 jarvas -q -m rr -a "$AUTH" -b '{"message": "bench", "conversation_id": "rr-{i}"}' -c 32 -d "$RR_SECS" \
     -U "nginx=$JNGINX_PIDS" -U "chat=$CHAT_PIDS" -U "upstream=$FAKE_PID" "$JARVAS_ADDR" /api/chat/
 
 HWM=$(for p in ${STREAM_PIDS//,/ }; do sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$p/status"; done |
