@@ -159,3 +159,8 @@ CREATE TABLE generations (
     resumable       INTEGER NOT NULL DEFAULT 0     -- journaled: readers can join
 );
 CREATE UNIQUE INDEX generations_one_per_conversation ON generations (user_id, conversation_id);
+
+-- A stream ticket, once spent on a stream, stays until it expires for the
+-- reconnects of that client (EventSource sends the same URL again, with
+-- Last-Event-ID): those only read replies, and only the user's own.
+ALTER TABLE stream_tickets ADD COLUMN spent INTEGER NOT NULL DEFAULT 0;

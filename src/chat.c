@@ -174,12 +174,14 @@ void chat_history_get(struct request *r)
 
 	if (!d)
 		goto out;
-	list = history_list(d, r->user_id, buf_str(&conv));
+	/* One read transaction: the replies and their generations as of one
+	 * moment (one that ends between the two reads is not taken for dead). */
+	list = db_exec(d, "BEGIN") == 0 ? history_list(d, r->user_id, buf_str(&conv)) : NULL;
 	if (list && settle_streaming(d, r->user_id, list) < 0) {
 		cJSON_Delete(list);
 		list = NULL;
 	}
-	db_release(d);
+	db_release(d); /* ends the transaction */
 	if (!list) {
 		resp_detail(r, 503, "Database unavailable.");
 		goto out;

@@ -75,7 +75,7 @@ static int ticket_store(struct db *d, long long user_id, const unsigned char *ha
 {
 	static const char sql_purge[] = "DELETE FROM stream_tickets WHERE expires_at <= ?1";
 	static const char sql_count[] =
-		"SELECT count(*), min(expires_at) FROM stream_tickets WHERE user_id = ?1";
+		"SELECT count(*), min(expires_at) FROM stream_tickets WHERE user_id = ?1 AND spent = 0";
 	static const char sql_insert[] =
 		"INSERT INTO stream_tickets (hash, user_id, expires_at) VALUES (?1, ?2, ?3)";
 	long long n = 0, oldest = 0;
@@ -109,30 +109,37 @@ fail:
 	return -1;
 }
 
-/* Take a ticket out of the table.  1 it was live (*user_id set), 0
- * unknown, used or expired, -1 database error.  The row goes whatever its
- * expiry: a ticket is spent by being presented. */
+/* Spend a ticket (spend 1): 1 it was live and unspent (*user_id set), 0
+ * unknown, spent or expired, -1 database error.  Presenting it spends it,
+ * live or not; a spent row stays until it expires, for reconnects: with
+ * spend 0 a ticket not expired is live, spent or not, and stays as it is. */
 static int ticket_spend(struct db *d, const unsigned char *hash, long long now, long long *user_id,
 			int spend)
 {
 	static const char sql_find[] =
-		"SELECT user_id, expires_at FROM stream_tickets WHERE hash = ?1";
-	static const char sql_delete[] = "DELETE FROM stream_tickets WHERE hash = ?1";
+		"SELECT user_id, expires_at, spent FROM stream_tickets WHERE hash = ?1";
+	static const char sql_spend[] = "UPDATE stream_tickets SET spent = 1 WHERE hash = ?1";
 	long long expires = 0;
 	sqlite3_stmt *st;
-	int rc;
+	int rc, spent = 0;
 
 	if (db_begin(d) < 0 || !(st = with_hash(d, sql_find, hash)))
 		goto fail;
-	rc = step_once(st, user_id, &expires);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*user_id = sqlite3_column_int64(st, 0);
+		expires = sqlite3_column_int64(st, 1);
+		spent = sqlite3_column_int(st, 2);
+	}
+	sqlite3_reset(st);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 		goto fail;
-	if (rc == SQLITE_ROW && spend &&
-	    (!(st = with_hash(d, sql_delete, hash)) || step_once(st, NULL, NULL) != SQLITE_DONE))
+	if (rc == SQLITE_ROW && spend && !spent &&
+	    (!(st = with_hash(d, sql_spend, hash)) || step_once(st, NULL, NULL) != SQLITE_DONE))
 		goto fail;
 	if (db_commit(d) < 0)
 		goto fail;
-	return rc == SQLITE_ROW && expires > now;
+	return rc == SQLITE_ROW && expires > now && !(spend && spent);
 fail:
 	db_rollback(d);
 	return -1;

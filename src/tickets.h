@@ -10,10 +10,13 @@
  * A ticket is 32 random bytes (libsodium), base64url.  The table
  * stream_tickets keeps only its BLAKE2b hash, the issuer and the expiry,
  * so the database holds nothing a client could use, and any chat_stream
- * process redeems a ticket any other issued.  Redeeming deletes the row
- * inside one write transaction, so a ticket works once even when two
- * processes race with it; a ticket that was presented is spent, whatever
- * the request's fate after authentication.
+ * process redeems a ticket any other issued.  Redeeming marks the row
+ * spent inside one write transaction, so a ticket opens one stream even
+ * when two processes race with it; a ticket that was presented is spent,
+ * whatever the request's fate after authentication.  Until it expires a
+ * spent ticket still lets its client reconnect (Last-Event-ID or
+ * ?resume=, which EventSource sends with the same URL): a reconnect only
+ * reads the issuer's own replies, and leaves the ticket as it is.
  *
  * The ticket stands for its issuer alone: whoever presents it streams as
  * the issuer (history lands with the issuer).  A ticket together with an
@@ -35,11 +38,11 @@
 void tickets_post(struct request *r);
 
 /* Authenticate a GET stream by its ?ticket=.  other_credential: the
- * request also carries a Bearer token.  1 when there is no ticket
- * parameter (authenticate otherwise), 0 with *u filled (the caller runs
- * users_clear), or -1 with the 401/503 answered. */
-/* spend 0: a reconnect to a stream (stream.c) checks the ticket and
- * leaves it for the stream it was issued for. */
+ * request also carries a Bearer token.  spend: 1 for a new stream, 0 for
+ * a reconnect (spent tickets count until they expire, and none is
+ * spent).  1 when there is no ticket parameter (authenticate otherwise),
+ * 0 with *u filled (the caller runs users_clear), or -1 with the 401/503
+ * answered. */
 int tickets_authenticate(struct request *r, int other_credential, struct user *u, int spend);
 
 #endif
