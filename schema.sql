@@ -126,3 +126,36 @@ BEGIN
     DELETE FROM conversation_titles
     WHERE user_id = OLD.user_id AND conversation_id = OLD.conversation_id;
 END;
+
+-- migrate: 6
+-- Streams that outlive their connection (src/journal.h, src/generations.h).
+-- A reply's row exists from its stream's start with status 'streaming' and
+-- grows with the periodic saves; its end sets the final status:
+--   done         the model finished
+--   stopped      POST /api/chat/stop/ ended it
+--   failed       the model failed (error says how) or the reply was too long
+--   interrupted  the client left (and no reconnect came within the grace),
+--                or the server restarted
+-- User messages are 'done'.  chunk_ends holds, per SSE chunk the reply was
+-- sent in, where it ends in content (4-byte little-endian byte offsets), so
+-- a client reconnecting after the end gets the rest in the same events.
+ALTER TABLE messages ADD COLUMN status TEXT NOT NULL DEFAULT 'done'
+    CHECK (status IN ('streaming', 'done', 'stopped', 'failed', 'interrupted'));
+ALTER TABLE messages ADD COLUMN prompt_tokens INTEGER;      -- the upstream's counters,
+ALTER TABLE messages ADD COLUMN completion_tokens INTEGER;  -- NULL when it sent none
+ALTER TABLE messages ADD COLUMN chunk_ends BLOB;
+ALTER TABLE messages ADD COLUMN error TEXT;                 -- why a 'failed' reply failed
+UPDATE messages SET status = 'interrupted' WHERE complete = 0;
+
+-- The replies being generated right now: one per user and conversation
+-- (the unique index makes a second one a constraint error, answered 409).
+-- owner is "<pid>:<start time>" of the process generating it, so a row
+-- left by a process that died is recognised and cleared.
+CREATE TABLE generations (
+    message_id      INTEGER PRIMARY KEY,           -- the reply's id
+    user_id         INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    conversation_id TEXT    NOT NULL,
+    owner           TEXT    NOT NULL,
+    resumable       INTEGER NOT NULL DEFAULT 0     -- journaled: readers can join
+);
+CREATE UNIQUE INDEX generations_one_per_conversation ON generations (user_id, conversation_id);

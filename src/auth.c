@@ -118,7 +118,7 @@ int auth_require(struct request *r, int allow_query, struct user *u)
 		goto fail;
 	/* A ticket is a credential of its own (tickets.c). */
 	if (allow_query) {
-		int t = tickets_authenticate(r, rc == 0, u);
+		int t = tickets_authenticate(r, rc == 0, u, allow_query != AUTH_QUERY_KEEP_TICKET);
 
 		if (t <= 0) {
 			buf_free(&token);

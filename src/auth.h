@@ -23,6 +23,8 @@ int auth_claim_matches(const struct jwt_claims *claims, const struct user *u);
  * (EventSource cannot set headers).  0 with *u filled (caller runs
  * users_clear), or -1. */
 int auth_require(struct request *r, int allow_query, struct user *u);
+/* allow_query for a reconnect: a ticket is checked, not spent. */
+#define AUTH_QUERY_KEEP_TICKET 2
 
 /* The user a credential named: load it, check it is active and set
  * r->user_id.  0 with *u filled, or -1 (401/503 answered). */

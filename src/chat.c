@@ -15,10 +15,29 @@
 #include "conversations.h"
 #include "db.h"
 #include "exchange.h"
+#include "generations.h"
 #include "history.h"
 #include "metrics.h"
 #include "response.h"
 #include "utf8.h"
+
+/* "usage": the upstream's counters, those it sent.  0 or -1. */
+static int add_usage(cJSON *o, const struct upstream_result *res)
+{
+	cJSON *u;
+
+	if (res->prompt_eval_count < 0 && res->eval_count < 0)
+		return 0;
+	if (!(u = cJSON_AddObjectToObject(o, "usage")))
+		return -1;
+	if (res->prompt_eval_count >= 0 &&
+	    !cJSON_AddNumberToObject(u, "prompt_tokens", (double)res->prompt_eval_count))
+		return -1;
+	if (res->eval_count >= 0 &&
+	    !cJSON_AddNumberToObject(u, "completion_tokens", (double)res->eval_count))
+		return -1;
+	return 0;
+}
 
 void chat_post(struct request *r)
 {
@@ -45,7 +64,7 @@ void chat_post(struct request *r)
 		}
 		goto out;
 	}
-	stored = exchange_store(&ex, 1);
+	stored = exchange_store(&ex, "done", NULL);
 	exchange_release_slot(&ex); /* the chat is over, only its answer is left */
 	if (stored < 0) {
 		resp_detail(r, 503, "The reply could not be saved; please retry.");
@@ -55,7 +74,8 @@ void chat_post(struct request *r)
 	if (o && (!cJSON_AddStringToObject(o, "response", buf_str(&ex.reply)) ||
 		  !cJSON_AddStringToObject(o, "conversation_id", ex.conversation) ||
 		  !cJSON_AddStringToObject(o, "model", config.model) ||
-		  !cJSON_AddNumberToObject(o, "message_id", (double)ex.message_id))) {
+		  !cJSON_AddNumberToObject(o, "message_id", (double)ex.message_id) ||
+		  !cJSON_AddStringToObject(o, "status", "done") || add_usage(o, &ex.result) < 0)) {
 		cJSON_Delete(o);
 		o = NULL;
 	}
@@ -113,6 +133,37 @@ static struct db *history_begin(struct request *r, struct buf *conv)
 	return acquire(r);
 }
 
+/* A reply listed as 'streaming' whose process died (before any sweep
+ * noticed): shown as it will be stored, interrupted, or not at all when
+ * it has no text.  0 or -1. */
+static int settle_streaming(struct db *d, long long user_id, cJSON *list)
+{
+	cJSON *m, *next;
+
+	for (m = list->child; m; m = next) {
+		const cJSON *status = cJSON_GetObjectItemCaseSensitive(m, "status");
+		const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
+		const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+		struct generation g;
+		int rc;
+
+		next = m->next;
+		if (!cJSON_IsString(status) || strcmp(status->valuestring, "streaming") != 0)
+			continue;
+		rc = generations_find(d, user_id, (long long)id->valuedouble, NULL, &g);
+		if (rc < 0)
+			return -1;
+		if (rc == 1 && g.alive)
+			continue;
+		if (cJSON_IsString(content) && content->valuestring[0] == '\0')
+			cJSON_Delete(cJSON_DetachItemViaPointer(list, m));
+		else if (!cJSON_ReplaceItemInObjectCaseSensitive(m, "status",
+								 cJSON_CreateString("interrupted")))
+			return -1;
+	}
+	return 0;
+}
+
 void chat_history_get(struct request *r)
 {
 	struct buf conv;
@@ -122,6 +173,10 @@ void chat_history_get(struct request *r)
 	if (!d)
 		goto out;
 	list = history_list(d, r->user_id, buf_str(&conv));
+	if (list && settle_streaming(d, r->user_id, list) < 0) {
+		cJSON_Delete(list);
+		list = NULL;
+	}
 	db_release(d);
 	if (!list) {
 		resp_detail(r, 503, "Database unavailable.");

@@ -296,10 +296,11 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 	config.system_prompt_file = prompt ? strdup(prompt) : NULL;
 	config.db_path = join_path(state, "jarvas.db");
 	config.metrics_dir = join_path(state, "metrics");
+	config.streams_dir = join_path(state, "streams");
 	config.secret_path = join_path(state, "secret.key");
 	if (!config.state_dir || !config.upstream_url || !config.model ||
 	    (prompt && !config.system_prompt_file) || !config.db_path || !config.metrics_dir ||
-	    !config.secret_path) {
+	    !config.streams_dir || !config.secret_path) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -328,6 +329,7 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 	INT_SETTING(config.upstream_total_timeout, "JARVAS_UPSTREAM_TOTAL_TIMEOUT", 600, 1, 86400);
 	INT_SETTING(config.ping_interval, "JARVAS_PING_INTERVAL", 15, 1, 3600);
 	INT_SETTING(config.stream_save_interval, "JARVAS_STREAM_SAVE_INTERVAL", 3, 1, 3600);
+	INT_SETTING(config.detach_grace, "JARVAS_DETACH_GRACE", 60, 0, 3600);
 	INT_SETTING(config.prompt_cache_ttl, "JARVAS_PROMPT_CACHE_TTL", 3600, 1, 365L * 86400);
 	INT_SETTING(config.max_streams_per_user, "JARVAS_MAX_STREAMS_PER_USER", 4, 1, 100000);
 	INT_SETTING(config.max_chats_per_user, "JARVAS_MAX_CHATS_PER_USER", 4, 1, 100000);
@@ -364,6 +366,7 @@ void config_free(void)
 	free(config.state_dir);
 	free(config.db_path);
 	free(config.metrics_dir);
+	free(config.streams_dir);
 	free(config.secret_path);
 	free(config.upstream_url);
 	free(config.model);

@@ -24,6 +24,7 @@ struct config {
 	char *state_dir;
 	char *db_path;	    /* state_dir/jarvas.db */
 	char *metrics_dir;  /* state_dir/metrics */
+	char *streams_dir;  /* state_dir/streams: journals, stop requests */
 	char *secret_path;  /* state_dir/secret.key */
 	char *upstream_url; /* without trailing slash */
 	char *model;
@@ -46,6 +47,7 @@ struct config {
 	int upstream_total_timeout;   /* seconds for /api/chat/ */
 	int ping_interval;	      /* seconds between ": ping" comments */
 	int stream_save_interval;     /* seconds between saves of a growing reply */
+	int detach_grace;	      /* seconds a resumable stream waits for its client */
 	int prompt_cache_ttl;	      /* seconds */
 	int max_streams_per_user;
 	int max_chats_per_user;	     /* non-stream chats in progress, across processes */

@@ -3,12 +3,14 @@
  */
 #include "exchange.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "auth.h"
 #include "config.h"
 #include "db.h"
+#include "generations.h"
 #include "limits.h"
 #include "log.h"
 #include "response.h"
@@ -22,6 +24,7 @@ static void exchange_zero(struct exchange *ex, struct request *r)
 	ex->stream_slot = -1;
 	buf_init(&ex->message, config.message_max);
 	buf_init(&ex->reply, 64u << 20);
+	buf_init(&ex->ends, 4u << 20); /* a million pieces */
 	prompt_init(&ex->prompt);
 }
 
@@ -60,6 +63,55 @@ static int take_conversation(struct exchange *ex, const char *id)
 	return 0;
 }
 
+static const char not_boolean[] = "Must be a valid boolean.";
+
+/* DRF's BooleanField: true/false, 1/0, and their usual spellings. */
+static int boolean_text(const char *v, int *out)
+{
+	static const char *const yes[] = {"true", "True", "TRUE", "1", "yes", "on"};
+	static const char *const no[] = {"false", "False", "FALSE", "0", "no", "off"};
+	size_t i;
+
+	for (i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+		if (strcmp(v, yes[i]) == 0)
+			return *out = 1, 0;
+		if (strcmp(v, no[i]) == 0)
+			return *out = 0, 0;
+	}
+	return -1;
+}
+
+static int read_resumable_body(struct exchange *ex)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(ex->r->data, "resumable");
+	int b;
+
+	if (!v)
+		return 0;
+	if (cJSON_IsBool(v))
+		b = cJSON_IsTrue(v);
+	else if (cJSON_IsNumber(v) && (v->valuedouble == 0 || v->valuedouble == 1))
+		b = v->valuedouble == 1;
+	else if (cJSON_IsNull(v))
+		return resp_field_error(ex->r, "resumable", "This field may not be null."), -1;
+	else if (!cJSON_IsString(v) || boolean_text(v->valuestring, &b) < 0)
+		return resp_field_error(ex->r, "resumable", not_boolean), -1;
+	ex->resumable = b;
+	return 0;
+}
+
+static int read_resumable_query(struct exchange *ex, struct buf *v)
+{
+	int found = request_query(ex->r, "resumable", v), b;
+
+	if (found == 0)
+		return 0;
+	if (found < 0 || boolean_text(buf_str(v), &b) < 0)
+		return resp_field_error(ex->r, "resumable", not_boolean), -1;
+	ex->resumable = b;
+	return 0;
+}
+
 static int read_input_query(struct exchange *ex)
 {
 	struct buf v;
@@ -87,6 +139,8 @@ static int read_input_query(struct exchange *ex)
 		goto fail;
 	}
 	rc = take_conversation(ex, found ? buf_str(&v) : NULL);
+	if (rc == 0)
+		rc = read_resumable_query(ex, &v);
 	buf_free(&v);
 	return rc;
 fail:
@@ -110,58 +164,81 @@ static int read_input_body(struct exchange *ex)
 	rc = request_field(ex->r, "conversation_id", &conversation);
 	if (rc < 0)
 		return resp_field_error(ex->r, "conversation_id", request_field_problem(rc)), -1;
-	return take_conversation(ex, rc == REQUEST_FIELD_FOUND ? conversation : NULL);
+	if (take_conversation(ex, rc == REQUEST_FIELD_FOUND ? conversation : NULL) < 0)
+		return -1;
+	return read_resumable_body(ex);
 }
 
-/* The writes every exchange makes once: its two message ids and the
- * prompt-cache hit (or the newly built prompt).  In the caller's write
- * transaction. */
-static int reserve(struct exchange *ex, struct db *d)
+/* The writes every exchange makes at its start, in one transaction: its
+ * two message ids, the prompt-cache hit (or the newly built prompt) and
+ * its place as the one generation of its conversation; a stream also
+ * stores its user message and the empty reply (status 'streaming'): a
+ * responder killed mid-stream must not lose the message, and a client
+ * reloading finds the reply to resume.  0, 1 when another generation
+ * runs in the conversation (ex->running), or -1. */
+static int reserve(struct exchange *ex, struct db *d, int stream)
 {
+	int rc;
+
 	if (history_reserve_ids(d, &ex->user_msg_id, &ex->message_id) < 0 ||
 	    prompt_record(d, &ex->prompt) < 0)
 		return -1;
-	ex->reserved = 1;
-	return 0;
-}
-
-/* A stream's user message goes to history at its start, with the ids: a
- * responder killed mid-stream must not lose it (the reply follows as it
- * grows, relay.c). */
-static int store_user_message(struct exchange *ex, struct db *d)
-{
-	if (history_store_message(d, ex->user_msg_id, ex->user.id, ex->conversation, "user",
-				  buf_str(&ex->message), ex->message.len, 1) < 0)
+	rc = generations_claim(d, ex->message_id, ex->user.id, ex->conversation, ex->resumable,
+			       &ex->running);
+	if (rc != 0)
+		return rc;
+	if (stream && (history_store_message(d, ex->user_msg_id, ex->user.id, ex->conversation,
+					     "user", buf_str(&ex->message), ex->message.len,
+					     1) < 0 ||
+		       history_start_reply(d, ex->message_id, ex->user.id, ex->conversation) < 0))
 		return -1;
-	ex->user_stored = 1;
 	return 0;
 }
 
-/* Reads; then, for a stream, whose events carry the message id from the
- * start, a short write transaction to reserve and store the user message.
- * A non-stream exchange reserves in the same transaction that stores it:
- * one write, not two. */
-static int load_context(struct exchange *ex, int reserve_now)
+/* Reads, then the short write transaction of reserve().  0, 1 when
+ * another generation runs in the conversation, or -1. */
+static int load_context(struct exchange *ex, int stream)
 {
 	struct db *d = db_acquire();
+	int rc;
 
 	if (!d)
 		return -1;
 	if (history_last(d, ex->user.id, ex->conversation, config.history_limit, &ex->history) <
 		    0 ||
-	    prompt_get(d, &ex->user, &ex->prompt) < 0)
+	    prompt_get(d, &ex->user, &ex->prompt) < 0 || db_begin(d) < 0)
 		goto fail;
-	if (reserve_now && (db_begin(d) < 0 || reserve(ex, d) < 0 ||
-			    store_user_message(ex, d) < 0 || db_commit(d) < 0)) {
-		ex->user_stored = 0; /* rolled back */
-		goto fail;
+	rc = reserve(ex, d, stream);
+	if (rc == 1) {
+		db_rollback(d);
+		db_release(d);
+		return 1;
 	}
+	if (rc < 0 || db_commit(d) < 0)
+		goto fail;
+	ex->reserved = ex->claimed = 1;
+	ex->user_stored = stream;
 	db_release(d);
 	return 0;
 fail:
 	log_error("loading context for user %lld failed: %s", ex->user.id, db_errmsg(d));
 	db_release(d); /* rolls back an open transaction */
 	return -1;
+}
+
+/* 409: the conversation has a generation running. */
+static void busy(struct exchange *ex)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	if (o && (!cJSON_AddStringToObject(o, "detail",
+					   "A reply is already being generated in this "
+					   "conversation; resume it or stop it.") ||
+		  !cJSON_AddNumberToObject(o, "message_id", (double)ex->running))) {
+		cJSON_Delete(o);
+		o = NULL;
+	}
+	resp_json(ex->r, 409, o);
 }
 
 /* The user's cap on open streams (stream) or on chats in progress,
@@ -201,22 +278,44 @@ int exchange_begin(struct exchange *ex, struct request *r, int from_query, int s
 		return -1;
 	if (admit(ex, stream) < 0)
 		return -1;
-	if (load_context(ex, stream) < 0) {
+	switch (load_context(ex, stream)) {
+	case 0:
+		return 0;
+	case 1:
+		busy(ex);
+		return -1;
+	default:
 		resp_detail(r, 503, "Database unavailable, please retry.");
 		return -1;
 	}
-	return 0;
 }
 
 int exchange_append_reply(struct exchange *ex, const char *text, size_t n)
 {
+	unsigned char end[4];
+	uint32_t len;
+
 	if (buf_append(&ex->reply, text, n) != BUF_OK) {
 		log_warn("reply of message %lld over %zu bytes; stopping", ex->message_id,
 			 ex->reply.max);
 		ex->reply_cut = 1;
 		return -1;
 	}
+	len = (uint32_t)ex->reply.len; /* the reply's cap is below 4 GiB */
+	end[0] = (unsigned char)len;
+	end[1] = (unsigned char)(len >> 8);
+	end[2] = (unsigned char)(len >> 16);
+	end[3] = (unsigned char)(len >> 24);
+	if (!ex->ends_lost && buf_append(&ex->ends, end, sizeof end) != BUF_OK)
+		ex->ends_lost = 1;
 	return 0;
+}
+
+static uint32_t end_at(const struct exchange *ex, size_t i)
+{
+	const unsigned char *e = (const unsigned char *)ex->ends.data + 4 * i;
+
+	return (uint32_t)e[0] | (uint32_t)e[1] << 8 | (uint32_t)e[2] << 16 | (uint32_t)e[3] << 24;
 }
 
 void exchange_truncate_reply(struct exchange *ex, size_t n)
@@ -225,6 +324,8 @@ void exchange_truncate_reply(struct exchange *ex, size_t n)
 		ex->reply.len = n;
 		ex->reply.data[n] = '\0';
 	}
+	while (ex->ends.len >= 4 && end_at(ex, ex->ends.len / 4 - 1) > n)
+		ex->ends.len -= 4;
 }
 
 static int collect(void *ctx, const char *text, size_t n)
@@ -287,38 +388,70 @@ int exchange_run(struct exchange *ex, int total_timeout)
 /* The rows of an exchange, in the caller's write transaction.  A stream
  * stored its user message at the start: only the reply is left to write,
  * or, when the user saw nothing, the user message to take back (history
- * keeps no exchange without a reply). */
-static int store_rows(struct exchange *ex, struct db *d, int complete)
+ * keeps no exchange without a reply, unless the user stopped it). */
+static int store_rows(struct exchange *ex, struct db *d, const struct history_reply *rep)
 {
-	if (ex->user_stored && ex->reply.len == 0)
+	if (ex->user_stored && ex->reply.len == 0 && strcmp(rep->status, "stopped") != 0)
 		return history_forget(d, ex->user.id, ex->user_msg_id, ex->message_id);
 	if (ex->user_stored)
 		return history_save_reply(d, ex->user_msg_id, ex->message_id, ex->user.id,
-					  ex->conversation, buf_str(&ex->reply), ex->reply.len,
-					  complete, 0);
+					  ex->conversation, rep, 0);
+	if (ex->reply.len == 0)
+		return 0; /* the user saw nothing: there is nothing to keep */
 	return history_store(d, ex->user.id, ex->conversation, ex->user_msg_id,
-			     buf_str(&ex->message), ex->message_id, buf_str(&ex->reply),
-			     ex->reply.len, complete);
+			     buf_str(&ex->message), ex->message_id, rep);
 }
 
-int exchange_store(struct exchange *ex, int complete)
+int exchange_store(struct exchange *ex, const char *status, const char *error)
 {
+	struct history_reply rep = {
+		.text = buf_str(&ex->reply),
+		.len = ex->reply.len,
+		.status = status,
+		.prompt_tokens = ex->result.prompt_eval_count,
+		.completion_tokens = ex->result.eval_count,
+		.chunk_ends = ex->ends_lost ? NULL : ex->ends.data,
+		.chunk_ends_len = ex->ends.len,
+		.error = error,
+	};
 	struct db *d;
 	int rc;
 
-	if (ex->reply.len == 0 && !ex->user_stored)
-		return 0; /* the user saw nothing: there is nothing to keep */
+	if (!ex->reserved)
+		return 0; /* never started: nothing was written */
+	if (ex->reply.len == 0)
+		rep.chunk_ends = NULL;
+	if (!rep.chunk_ends)
+		rep.chunk_ends_len = 0;
 	d = db_acquire();
 	if (!d)
 		return -1;
-	rc = db_begin(d) == 0 && (ex->reserved || reserve(ex, d) == 0) &&
-			     store_rows(ex, d, complete) == 0 && db_commit(d) == 0
+	rc = db_begin(d) == 0 && store_rows(ex, d, &rep) == 0 &&
+			     (!ex->claimed || generations_release(d, ex->message_id) == 0) &&
+			     db_commit(d) == 0
 		     ? 0
 		     : -1;
 	if (rc < 0)
 		log_error("storing exchange of user %lld failed: %s", ex->user.id, db_errmsg(d));
+	else
+		ex->claimed = 0;
 	db_release(d); /* rolls back what failed */
 	return rc;
+}
+
+/* A generation that ends without its exchange stored: its row goes. */
+static void unclaim(struct exchange *ex)
+{
+	struct db *d;
+
+	if (!ex->claimed)
+		return;
+	d = db_acquire();
+	if (!d || generations_release(d, ex->message_id) < 0)
+		log_warn("the generation of message %lld stays registered until a sweep",
+			 ex->message_id);
+	db_release(d);
+	ex->claimed = 0;
 }
 
 void exchange_release_slot(struct exchange *ex)
@@ -331,10 +464,12 @@ void exchange_release_slot(struct exchange *ex)
 void exchange_end(struct exchange *ex)
 {
 	exchange_release_slot(ex);
+	unclaim(ex);
 	if (ex->have_user)
 		users_clear(&ex->user);
 	history_free(&ex->history);
 	prompt_free(&ex->prompt);
 	buf_free(&ex->message);
 	buf_free(&ex->reply);
+	buf_free(&ex->ends);
 }

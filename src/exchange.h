@@ -38,9 +38,16 @@ struct exchange {
 	int reserved;	      /* the ids above are set */
 	int user_stored;      /* the user message is in history already (streams) */
 	struct buf reply;     /* everything sent on to the client */
+	/* Where each piece of the reply ends in it (uint32_t, little-endian):
+	 * the chunks a reconnecting client is sent again (history.h). */
+	struct buf ends;
+	int ends_lost; /* past ends' cap: not stored */
 	struct upstream_result result;
 	int reply_cut;	 /* the reply outgrew ex->reply's cap: the model was stopped */
 	int stream_slot; /* limits slot held (a stream's or a chat's), or -1 */
+	int resumable;	 /* "resumable": true: the model goes on without its client */
+	int claimed;	 /* the generations row is ours (generations.h) */
+	long long running; /* exchange_begin() answered 409: the reply that runs */
 };
 
 /* from_query: read message, conversation_id (and access_token) from the
@@ -66,9 +73,11 @@ void exchange_truncate_reply(struct exchange *ex, size_t n);
 /* 0 when the model finished, -1 otherwise (see ex->result.outcome). */
 int exchange_run(struct exchange *ex, int total_timeout);
 
-/* Store the exchange if any reply text was produced.  complete: 0 when
- * the reply was cut short.  0 (also when nothing to store) or -1. */
-int exchange_store(struct exchange *ex, int complete);
+/* Store the exchange with its final status ("done", "stopped", "failed",
+ * "interrupted"; error: why it failed, or NULL) and end its generation.
+ * An exchange without reply text leaves no trace unless it was stopped.
+ * 0 (also when nothing to store) or -1. */
+int exchange_store(struct exchange *ex, const char *status, const char *error);
 
 /* Give the user's slot back: before the last bytes of the answer go out,
  * so that the user's next request, sent once this one is answered, is

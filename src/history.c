@@ -3,6 +3,7 @@
  */
 #include "history.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,10 +81,30 @@ fail:
 	return -1;
 }
 
+/* "usage": {"prompt_tokens", "completion_tokens"} from columns i, i+1
+ * of st, those that are not NULL; nothing when both are.  0 or -1. */
+static int add_usage(cJSON *m, sqlite3_stmt *st, int i)
+{
+	static const char *const names[] = {"prompt_tokens", "completion_tokens"};
+	cJSON *u = NULL;
+	int k;
+
+	for (k = 0; k < 2; k++) {
+		if (sqlite3_column_type(st, i + k) == SQLITE_NULL)
+			continue;
+		if (!u && !(u = cJSON_AddObjectToObject(m, "usage")))
+			return -1;
+		if (!cJSON_AddNumberToObject(u, names[k], (double)sqlite3_column_int64(st, i + k)))
+			return -1;
+	}
+	return 0;
+}
+
 cJSON *history_list(struct db *d, long long user_id, const char *conversation)
 {
-	static const char sql[] = "SELECT id, role, content, created_at FROM messages "
-				  "WHERE user_id = ?1 AND conversation_id = ?2 ORDER BY id";
+	static const char sql[] =
+		"SELECT id, role, content, created_at, status, prompt_tokens, completion_tokens "
+		"FROM messages WHERE user_id = ?1 AND conversation_id = ?2 ORDER BY id";
 	sqlite3_stmt *st = db_stmt(d, sql);
 	cJSON *list = cJSON_CreateArray(), *m;
 	int rc;
@@ -96,6 +117,7 @@ cJSON *history_list(struct db *d, long long user_id, const char *conversation)
 		const char *role = (const char *)sqlite3_column_text(st, 1);
 		const char *text = (const char *)sqlite3_column_text(st, 2);
 		const char *when = (const char *)sqlite3_column_text(st, 3);
+		const char *status = (const char *)sqlite3_column_text(st, 4);
 
 		m = cJSON_CreateObject();
 		if (!m)
@@ -104,7 +126,9 @@ cJSON *history_list(struct db *d, long long user_id, const char *conversation)
 		if (!cJSON_AddNumberToObject(m, "id", (double)sqlite3_column_int64(st, 0)) ||
 		    !cJSON_AddStringToObject(m, "role", role ? role : "") ||
 		    !cJSON_AddStringToObject(m, "content", text ? text : "") ||
-		    !cJSON_AddStringToObject(m, "created_at", when ? when : ""))
+		    !cJSON_AddStringToObject(m, "created_at", when ? when : "") ||
+		    !cJSON_AddStringToObject(m, "status", status ? status : "done") ||
+		    add_usage(m, st, 5) < 0)
 			goto fail;
 	}
 	if (rc != SQLITE_DONE)
@@ -165,37 +189,87 @@ int history_store_message(struct db *d, long long id, long long user_id, const c
 	return rc == SQLITE_DONE ? 0 : -1;
 }
 
-int history_store(struct db *d, long long user_id, const char *conversation, long long user_msg_id,
-		  const char *user_text, long long reply_id, const char *reply_text,
-		  size_t reply_len, int complete)
+/* Bind the final fields of a reply to ?5..?10 of a statement that
+ * inserts or updates one (status, complete, the two counters, the chunk
+ * ends, the error). */
+static void bind_reply(sqlite3_stmt *st, const struct history_reply *rep)
 {
+	sqlite3_bind_text(st, 5, rep->status, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 6, strcmp(rep->status, "done") == 0);
+	if (rep->prompt_tokens >= 0)
+		sqlite3_bind_int64(st, 7, rep->prompt_tokens);
+	if (rep->completion_tokens >= 0)
+		sqlite3_bind_int64(st, 8, rep->completion_tokens);
+	if (rep->chunk_ends)
+		sqlite3_bind_blob(st, 9, rep->chunk_ends, (int)rep->chunk_ends_len, SQLITE_STATIC);
+	if (rep->error)
+		sqlite3_bind_text(st, 10, rep->error, -1, SQLITE_STATIC);
+}
+
+int history_store(struct db *d, long long user_id, const char *conversation, long long user_msg_id,
+		  const char *user_text, long long reply_id, const struct history_reply *rep)
+{
+	static const char sql[] =
+		"INSERT INTO messages (id, user_id, conversation_id, role, content, status, complete, "
+		"prompt_tokens, completion_tokens, chunk_ends, error) "
+		"VALUES (?1, ?2, ?3, 'assistant', ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+	sqlite3_stmt *st;
+	int rc;
+
 	if (history_store_message(d, user_msg_id, user_id, conversation, "user", user_text,
 				  strlen(user_text), 1) < 0 ||
-	    history_store_message(d, reply_id, user_id, conversation, "assistant", reply_text,
-				  reply_len, complete) < 0)
+	    !(st = db_stmt(d, sql)))
 		return -1;
-	return 0;
+	sqlite3_bind_int64(st, 1, reply_id);
+	sqlite3_bind_int64(st, 2, user_id);
+	sqlite3_bind_text(st, 3, conversation, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, rep->text, (int)rep->len, SQLITE_STATIC);
+	bind_reply(st, rep);
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int history_start_reply(struct db *d, long long reply_id, long long user_id,
+			const char *conversation)
+{
+	static const char sql[] = "INSERT INTO messages (id, user_id, conversation_id, role, "
+				  "content, complete, status) "
+				  "VALUES (?1, ?2, ?3, 'assistant', '', 0, 'streaming')";
+	sqlite3_stmt *st = db_stmt(d, sql);
+	int rc;
+
+	if (!st)
+		return -1;
+	sqlite3_bind_int64(st, 1, reply_id);
+	sqlite3_bind_int64(st, 2, user_id);
+	sqlite3_bind_text(st, 3, conversation, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? 0 : -1;
 }
 
 int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, long long user_id,
-		       const char *conversation, const char *text, size_t len, int complete,
-		       int partial)
+		       const char *conversation, const struct history_reply *rep, int partial)
 {
 	/* Only next to its user message: a conversation deleted while its
 	 * reply streamed stays deleted. */
 	static const char sql_final[] =
-		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete) "
-		"SELECT ?1, ?2, ?3, 'assistant', ?4, ?5 WHERE EXISTS "
-		"(SELECT 1 FROM messages WHERE id = ?6 AND user_id = ?2 AND role = 'user') "
+		"INSERT INTO messages (id, user_id, conversation_id, role, content, status, complete, "
+		"prompt_tokens, completion_tokens, chunk_ends, error) "
+		"SELECT ?1, ?2, ?3, 'assistant', ?4, ?5, ?6, ?7, ?8, ?9, ?10 WHERE EXISTS "
+		"(SELECT 1 FROM messages WHERE id = ?11 AND user_id = ?2 AND role = 'user') "
 		"ON CONFLICT (id) DO UPDATE SET content = excluded.content, "
-		"complete = excluded.complete";
+		"status = excluded.status, complete = excluded.complete, "
+		"prompt_tokens = excluded.prompt_tokens, completion_tokens = "
+		"excluded.completion_tokens, chunk_ends = excluded.chunk_ends, error = excluded.error";
 	static const char sql_partial[] =
-		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete) "
-		"SELECT ?1, ?2, ?3, 'assistant', ?4, 0 WHERE EXISTS "
-		"(SELECT 1 FROM messages WHERE id = ?6 AND user_id = ?2 AND role = 'user') "
+		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete, status) "
+		"SELECT ?1, ?2, ?3, 'assistant', ?4, 0, 'streaming' WHERE EXISTS "
+		"(SELECT 1 FROM messages WHERE id = ?11 AND user_id = ?2 AND role = 'user') "
 		"ON CONFLICT (id) DO UPDATE SET content = excluded.content "
-		"WHERE length(CAST(messages.content AS BLOB)) < length(CAST(excluded.content AS "
-		"BLOB))";
+		"WHERE messages.status = 'streaming' AND "
+		"length(CAST(messages.content AS BLOB)) < length(CAST(excluded.content AS BLOB))";
 	sqlite3_stmt *st = db_stmt(d, partial ? sql_partial : sql_final);
 	int rc;
 
@@ -204,13 +278,79 @@ int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, 
 	sqlite3_bind_int64(st, 1, reply_id);
 	sqlite3_bind_int64(st, 2, user_id);
 	sqlite3_bind_text(st, 3, conversation, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, text, (int)len, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, rep->text, (int)rep->len, SQLITE_STATIC);
 	if (!partial)
-		sqlite3_bind_int(st, 5, complete);
-	sqlite3_bind_int64(st, 6, user_msg_id);
+		bind_reply(st, rep);
+	sqlite3_bind_int64(st, 11, user_msg_id);
 	rc = sqlite3_step(st);
 	sqlite3_reset(st);
 	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* A copy of column i's bytes (NUL-terminated), or NULL. */
+static void *column_copy(sqlite3_stmt *st, int i, size_t *len)
+{
+	const void *p = sqlite3_column_type(st, i) == SQLITE_BLOB ? sqlite3_column_blob(st, i)
+								  : sqlite3_column_text(st, i);
+	size_t n = (size_t)sqlite3_column_bytes(st, i);
+	char *c;
+
+	if (!p || !(c = malloc(n + 1)))
+		return NULL;
+	memcpy(c, p, n);
+	c[n] = '\0';
+	if (len)
+		*len = n;
+	return c;
+}
+
+int history_get_reply(struct db *d, long long user_id, long long message_id,
+		      struct history_stored *out)
+{
+	static const char sql[] =
+		"SELECT conversation_id, status, content, chunk_ends, error, prompt_tokens, "
+		"completion_tokens FROM messages WHERE id = ?1 AND user_id = ?2 AND role = 'assistant'";
+	sqlite3_stmt *st = db_stmt(d, sql);
+	int rc;
+
+	memset(out, 0, sizeof *out);
+	if (!st)
+		return -1;
+	sqlite3_bind_int64(st, 1, message_id);
+	sqlite3_bind_int64(st, 2, user_id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		const char *conv = (const char *)sqlite3_column_text(st, 0);
+		const char *status = (const char *)sqlite3_column_text(st, 1);
+
+		snprintf(out->conversation, sizeof out->conversation, "%s", conv ? conv : "");
+		snprintf(out->status, sizeof out->status, "%s", status ? status : "done");
+		out->text = column_copy(st, 2, &out->len);
+		if (sqlite3_column_type(st, 3) == SQLITE_BLOB)
+			out->chunk_ends = column_copy(st, 3, &out->chunk_ends_len);
+		if (sqlite3_column_type(st, 4) != SQLITE_NULL)
+			out->error = column_copy(st, 4, NULL);
+		out->prompt_tokens =
+			sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5);
+		out->completion_tokens =
+			sqlite3_column_type(st, 6) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 6);
+		if (!out->text) {
+			sqlite3_reset(st);
+			history_stored_free(out);
+			return -1;
+		}
+	}
+	sqlite3_reset(st);
+	return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
+void history_stored_free(struct history_stored *s)
+{
+	free(s->text);
+	free(s->chunk_ends);
+	free(s->error);
+	s->text = s->error = NULL;
+	s->chunk_ends = NULL;
 }
 
 int history_forget(struct db *d, long long user_id, long long user_msg_id, long long reply_id)

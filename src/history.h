@@ -36,7 +36,8 @@ int history_last(struct db *d, long long user_id, const char *conversation, int 
 		 struct history *out);
 void history_free(struct history *h);
 
-/* All messages as a JSON array of {id, role, content, created_at}. */
+/* All messages as a JSON array of {id, role, content, created_at, status}
+ * (and usage {prompt_tokens, completion_tokens} on replies that have it). */
 cJSON *history_list(struct db *d, long long user_id, const char *conversation);
 
 /* Reserve the ids of the user message and the reply (ids come first so a
@@ -44,11 +45,26 @@ cJSON *history_list(struct db *d, long long user_id, const char *conversation);
  * write transaction.  0 or -1. */
 int history_reserve_ids(struct db *d, long long *user_msg_id, long long *reply_id);
 
+/* A reply as it is stored at its end. */
+struct history_reply {
+	const char *text;
+	size_t len;
+	const char *status; /* "done", "stopped", "failed", "interrupted" */
+	long long prompt_tokens, completion_tokens; /* -1: the upstream sent none */
+	const void *chunk_ends;			    /* NULL: not known */
+	size_t chunk_ends_len;			    /* bytes */
+	const char *error;			    /* NULL: none */
+};
+
 /* Store both messages.  Must run inside the caller's write transaction,
  * which is what makes the pair atomic.  0 or -1. */
 int history_store(struct db *d, long long user_id, const char *conversation, long long user_msg_id,
-		  const char *user_text, long long reply_id, const char *reply_text,
-		  size_t reply_len, int complete);
+		  const char *user_text, long long reply_id, const struct history_reply *reply);
+
+/* The empty reply row of a stream that starts, status 'streaming'.  In
+ * the caller's write transaction.  0 or -1. */
+int history_start_reply(struct db *d, long long reply_id, long long user_id,
+			const char *conversation);
 
 /* One message row.  In the caller's write transaction.  0 or -1. */
 int history_store_message(struct db *d, long long id, long long user_id, const char *conversation,
@@ -56,12 +72,28 @@ int history_store_message(struct db *d, long long id, long long user_id, const c
 
 /* Write the reply row of an exchange whose user message is stored, while
  * that message is still there (a conversation deleted meanwhile stays
- * deleted).  partial: a save while the reply still grows, which never
- * replaces a longer text (a late partial save after the final one changes
- * nothing).  In the caller's write transaction.  0 or -1. */
+ * deleted).  partial: a save of reply->text while the reply still grows,
+ * which never replaces a longer text nor a final status (a late partial
+ * save after the final one changes nothing).  In the caller's write
+ * transaction.  0 or -1. */
 int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, long long user_id,
-		       const char *conversation, const char *text, size_t len, int complete,
-		       int partial);
+		       const char *conversation, const struct history_reply *reply, int partial);
+
+/* A stored reply, for a client that reconnects (stream.c). */
+struct history_stored {
+	char conversation[CONVERSATION_ID_MAX + 1];
+	char status[16];
+	char *text; /* owned, like the two below */
+	size_t len;
+	unsigned char *chunk_ends; /* NULL: not known */
+	size_t chunk_ends_len;
+	char *error; /* NULL: none */
+	long long prompt_tokens, completion_tokens; /* -1: none */
+};
+/* This user's reply message_id: 1 found, 0 none (or not a reply), -1. */
+int history_get_reply(struct db *d, long long user_id, long long message_id,
+		      struct history_stored *out);
+void history_stored_free(struct history_stored *s);
 
 /* Take back both rows of an exchange that produced no reply.  0 or -1. */
 int history_forget(struct db *d, long long user_id, long long user_msg_id, long long reply_id);

@@ -1,17 +1,21 @@
 /*
- * chat_stream — the streaming responder: /api/chat/stream/ and its
- * tickets.  Only wiring; the work is in stream.c (setting a stream up, in
- * a worker thread), relay.c (every open stream, in one event-loop thread)
- * and tickets.c (the credentials EventSource can carry).
+ * chat_stream — the streaming responder: /api/chat/stream/, its tickets
+ * and /api/chat/stop/.  Only wiring; the work is in stream.c (setting a
+ * stream up, or a reconnecting client's rest, in a worker thread),
+ * relay.c (every open stream, in one event-loop thread), journal.c (what
+ * a reconnecting client is sent from any process), stop.c and tickets.c
+ * (the credentials EventSource can carry).
  */
 #include "metrics.h"
 #include "server.h"
+#include "stop.h"
 #include "stream.h"
 #include "tickets.h"
 
 static const struct route routes[] = {
 	{"/api/chat/stream", METRICS_EP_STREAM, stream_get, stream_post, NULL, NULL},
 	{"/api/chat/stream/ticket", METRICS_EP_STREAM_TICKET, NULL, tickets_post, NULL, NULL},
+	{"/api/chat/stop", METRICS_EP_STOP, NULL, stop_post, NULL, NULL},
 };
 
 int main(void)

@@ -28,8 +28,8 @@
 
 #define RETIRED "retired"
 
-static const int status_codes[METRICS_NSTATUS - 1] = {200, 204, 400, 401, 403, 404, 405,
-						      413, 415, 429, 500, 502, 503, 504};
+static const int status_codes[METRICS_NSTATUS - 1] = {200, 202, 204, 400, 401, 403, 404, 405,
+						      409, 413, 415, 429, 500, 502, 503, 504};
 #define NSTATUS METRICS_NSTATUS
 
 static const char *const endpoint_names[METRICS_EP_COUNT] = {
@@ -43,6 +43,7 @@ static const char *const endpoint_names[METRICS_EP_COUNT] = {
 	"chat_stream",
 	"chat_stream_ticket",
 	"chat_conversations",
+	"chat_stop",
 	"other",
 };
 static const char *const upstream_error_names[METRICS_UE_COUNT] = {

@@ -30,6 +30,7 @@ enum metrics_endpoint {
 	METRICS_EP_STREAM,
 	METRICS_EP_STREAM_TICKET,
 	METRICS_EP_CONVERSATIONS,
+	METRICS_EP_STOP,
 	METRICS_EP_OTHER,
 	METRICS_EP_COUNT
 };
@@ -46,7 +47,7 @@ enum metrics_upstream_error {
 };
 
 /* The status codes counted one by one, and one more for the others. */
-#define METRICS_NSTATUS 15
+#define METRICS_NSTATUS 17
 /* Buckets of the longest histogram, +Inf included. */
 #define METRICS_NBUCKETS 15
 
@@ -57,7 +58,7 @@ struct metrics_histogram {
 };
 
 #define METRICS_MAGIC 0x6a617276u /* "jarv" */
-#define METRICS_VERSION 4	  /* 4: the chat_conversations endpoint */
+#define METRICS_VERSION 5	  /* 5: chat_stop, statuses 202 and 409 */
 
 /* A counter file as it is on disk (native byte order: it never leaves
  * the machine).  A reader takes a file only when its size, magic, version

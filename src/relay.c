@@ -36,6 +36,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -44,6 +45,8 @@
 #include "db.h"
 #include "fcgi_wire.h"
 #include "history.h"
+#include "journal.h"
+#include "limits.h"
 #include "log.h"
 #include "metrics.h"
 #include "request.h"
@@ -62,8 +65,12 @@
 #define DRAIN_MAX (256u << 10) /* client bytes read per event, then others' turn */
 #define CURL_TAG (1ull << 63)  /* epoll data of an upstream socket */
 #define WAKE_TAG ((uint64_t)1) /* epoll data of the eventfd */
+#define INOTIFY_TAG ((uint64_t)2) /* epoll data of the inotify descriptor */
+#define FOLLOW_BEHIND (256u << 10) /* a follower's unsent bytes before it waits */
 
-enum state { STREAMING, STORING, CLOSING };
+/* STREAMING, STORING, CLOSING: a stream generating a reply.  FOLLOWING:
+ * a client that reconnected, reading a journal (journal.h), then CLOSING. */
+enum state { STREAMING, STORING, CLOSING, FOLLOWING };
 
 struct mark {
 	unsigned long long end; /* s->queued once the chunk's record is in `out` */
@@ -84,7 +91,21 @@ struct stream {
 	int in_multi;	 /* the transfer is in relay.multi */
 	int client_gone; /* atomic: written by the loop, read by a store thread */
 	int restarting;	 /* ended because the process stops */
-	struct exchange *ex;
+	/* Resumable (the client asked for it, and its journal works): the
+	 * client may leave, and the model goes on for config.detach_grace
+	 * while nobody reads. */
+	int resumable;
+	double detached_at;	   /* the client left then, or 0 */
+	int grace_expired;	   /* ... and nobody came back in time */
+	int stop_requested;	   /* POST /api/chat/stop/ (journal.h) */
+	struct journal_writer *jw; /* resumable: the journal written */
+	/* A follower: the journal it reads, its inotify watch, its user slot. */
+	struct journal_reader *jr;
+	struct stream *lnext; /* in relay.followers */
+	int wd, slot;
+	char watched_path[64];
+	long long user_id, message_id;
+	struct exchange *ex; /* NULL for a follower */
 	struct upstream_xfer x;
 	struct buf out; /* bytes the socket has not taken yet */
 	/* What the client was sent: `marks` holds, for each chunk still in
@@ -121,6 +142,9 @@ static struct {
 	/* Streams whose model sent its last line while the HTTP body is still
 	 * open, oldest first: ended UPSTREAM_DONE_GRACE_S later if it stays. */
 	struct stream *finishing, *finishing_tail;
+	struct stream *followers; /* every FOLLOWING stream */
+	int infd, streams_wd;	  /* inotify: stop requests, journals followed */
+	struct buf scratch;	  /* an event formatted once for journal and client */
 	pthread_t loop;
 	pthread_t storers[STORERS];
 	int nstorers;
@@ -136,6 +160,7 @@ static struct {
 	int nidle;
 } relay = {.epfd = -1,
 	   .evfd = -1,
+	   .infd = -1,
 	   .lock = PTHREAD_MUTEX_INITIALIZER,
 	   .store_cond = PTHREAD_COND_INITIALIZER};
 
@@ -226,7 +251,7 @@ static void mark_dirty(struct stream *s)
 static void too_slow(struct stream *s)
 {
 	log_warn("stream of message %lld: the client stopped reading; dropping it",
-		 s->ex->message_id);
+		 s->message_id);
 	mark_gone(s);
 }
 
@@ -277,6 +302,8 @@ static void flush_dirty(void)
 		s->dirty = 0;
 		if (!gone(s))
 			flush_out(s);
+		if (s->jw && s->state == STREAMING && journal_flush(s->jw) < 0)
+			s->resumable = 0; /* logged; a client that leaves now is gone */
 	}
 }
 
@@ -344,6 +371,27 @@ static int format_chunk(struct buf *out, const void *arg)
 	return sse_chunk(out, p->s->ex->message_id, p->s->seq, p->text, p->n);
 }
 
+static int format_bytes(struct buf *out, const void *arg)
+{
+	const struct buf *b = arg;
+
+	return buf_append(out, b->data, b->len) == BUF_OK ? 0 : -1;
+}
+
+/* A resumable stream's chunk: formatted once, into the journal and, when
+ * its client is there, to it.  0, or -1 to stop the model. */
+static int journal_chunk(struct stream *s, const struct piece *p)
+{
+	buf_reset(&relay.scratch);
+	if (format_chunk(&relay.scratch, p) < 0 ||
+	    journal_add(s->jw, JOURNAL_EVENT, s->seq, relay.scratch.data, relay.scratch.len) < 0)
+		s->resumable = 0; /* logged; from here on as any stream */
+	mark_dirty(s); /* the journal is written at the end of the turn */
+	if (!gone(s) && relay.scratch.len > 0 && !buf_error(&relay.scratch))
+		queue_record(s, format_bytes, &relay.scratch); /* a client lost is no reason */
+	return gone(s) && !s->resumable ? -1 : 0;
+}
+
 /* A piece of the model's reply: one SSE event, then into the reply that
  * history will hold (only once it is on its way to the client). */
 static int on_content(void *ctx, const char *text, size_t n)
@@ -353,15 +401,18 @@ static int on_content(void *ctx, const char *text, size_t n)
 	struct piece p = {s, text, n};
 	struct mark mark;
 
-	if (gone(s))
+	if (gone(s) && !s->resumable)
 		return -1;
 	if (s->first_chunk_ms < 0) {
 		s->first_chunk_ms = (upstream_now() - s->started_s) * 1e3;
 		metrics_first_chunk(s->first_chunk_ms);
 	}
 	s->seq++;
-	if (queue_record(s, format_chunk, &p) < 0 || exchange_append_reply(ex, text, n) < 0)
+	if (s->resumable) /* history keeps all of it: no marks needed */
+		return journal_chunk(s, &p) < 0 || exchange_append_reply(ex, text, n) < 0 ? -1 : 0;
+	if (queue_record(s, format_chunk, &p) < 0 || exchange_append_reply(ex, text, n) < 0) {
 		return -1;
+	}
 	mark.end = s->queued;
 	mark.reply_len = ex->reply.len;
 	if (buf_append(&s->marks, &mark, sizeof mark) != BUF_OK) {
@@ -458,9 +509,12 @@ static void to_store(struct stream *s, CURLcode cc)
 	}
 	upstream_xfer_finish(&s->x, cc);
 	/* The client left: keep what it was sent, not what was queued for it.
-	 * (A client still there gets the rest, and history all of it.) */
-	if (gone(s) && s->delivered < s->ex->reply.len)
+	 * (A client still there gets the rest, and history all of it; so do
+	 * the readers of a resumable stream's journal.) */
+	if (gone(s) && !s->resumable && s->delivered < s->ex->reply.len)
 		exchange_truncate_reply(s->ex, s->delivered);
+	if (s->jw && journal_flush(s->jw) < 0)
+		s->resumable = 0; /* the store thread owns the journal from here */
 	s->state = STORING;
 	pthread_mutex_lock(&relay.lock);
 	push(&relay.to_store, s);
@@ -481,6 +535,16 @@ static void free_stream(struct stream *s)
 		exchange_end(s->ex);
 		free(s->ex);
 	}
+	if (s->jw) {
+		journal_remove(s->jw);
+		free(s->jw);
+	}
+	if (s->jr) {
+		journal_close(s->jr);
+		free(s->jr);
+	}
+	if (s->slot >= 0)
+		limits_leave(s->slot);
 	give_handle(s->x.curl);
 	upstream_xfer_free(&s->x);
 	buf_free(&s->out);
@@ -490,13 +554,35 @@ static void free_stream(struct stream *s)
 	free(s);
 }
 
+/* A follower leaves relay.followers (and its inotify watch, unless
+ * another follower shares it). */
+static void unfollow(struct stream *s)
+{
+	struct stream **p;
+
+	for (p = &relay.followers; *p; p = &(*p)->lnext)
+		if (*p == s) {
+			*p = s->lnext;
+			break;
+		}
+	if (s->wd >= 0) {
+		struct stream *f;
+
+		for (f = relay.followers; f && f->wd != s->wd; f = f->lnext)
+			;
+		if (!f)
+			inotify_rm_watch(relay.infd, s->wd);
+		s->wd = -1;
+	}
+}
+
 static void close_stream(struct stream *s)
 {
 	struct log_request_fields f = {
 		.method = s->method,
 		.path = s->path,
 		.status = 200,
-		.user_id = s->ex->user.id,
+		.user_id = s->user_id,
 		.first_chunk_ms = s->first_chunk_ms,
 		.note = s->note,
 	};
@@ -512,6 +598,8 @@ static void close_stream(struct stream *s)
 		relay.live = s->next;
 	if (s->next)
 		s->next->prev = s->prev;
+	if (s->jr)
+		unfollow(s);
 	if (gone(s))
 		metrics_client_abort();
 	metrics_stream_duration(ms);
@@ -539,48 +627,92 @@ static void on_settled(struct stream *s)
 		close_stream(s);
 }
 
+/* How a generation ended: its stored status, the outcome in the log. */
+static const char *final_status(const struct stream *s, const char **outcome)
+{
+	const struct exchange *ex = s->ex;
+
+	if (ex->result.outcome == UPSTREAM_DONE)
+		return *outcome = "done", "done";
+	if (s->stop_requested)
+		return *outcome = "stopped", "stopped";
+	if (s->restarting)
+		return *outcome = "restarting", "interrupted";
+	if (ex->result.outcome == UPSTREAM_FAILED)
+		return *outcome = "upstream_error", "failed";
+	if (s->grace_expired)
+		return *outcome = "detach_grace_expired", "interrupted";
+	if (gone(s))
+		return *outcome = "client_gone", "interrupted";
+	return *outcome = "too_long", "failed"; /* stopped by us: the reply outgrew its buffer */
+}
+
+/* The event that ends a generation, for its client and its journal's
+ * readers: done, or error with the reason.  0 or -1. */
+static int final_event(struct buf *ev, const struct stream *s, const char *status, int stored)
+{
+	const struct exchange *ex = s->ex;
+	long long id = ex->message_id;
+	int seq = s->seq + 1; /* the last event's id follows the chunks' */
+
+	if (!stored)
+		return sse_error(ev, id, seq, "The reply could not be saved; please retry.");
+	if (strcmp(status, "done") == 0 || strcmp(status, "stopped") == 0)
+		return sse_done(ev, id, seq, ex->conversation, &ex->result,
+				strcmp(status, "stopped") == 0);
+	if (s->restarting)
+		return sse_error(ev, id, seq, "The server is restarting; please retry in a moment.");
+	if (ex->result.outcome == UPSTREAM_FAILED)
+		return sse_error(ev, id, seq, ex->result.error);
+	if (strcmp(status, "interrupted") == 0)
+		return sse_error(ev, id, seq, SSE_INTERRUPTED);
+	/* Never end a stream without done or error. */
+	return sse_error(ev, id, seq, "The reply was too long and was stopped.");
+}
+
 /* A store thread's part: history, then the bytes that end the stream. */
 static void settle(struct stream *s)
 {
 	struct exchange *ex = s->ex;
-	int complete = ex->result.outcome == UPSTREAM_DONE, rc = 0;
-	long long id = ex->message_id;
-	int seq = s->seq + 1; /* the last event's id follows the chunks' */
-	const char *outcome;
+	const char *outcome, *status = final_status(s, &outcome);
+	struct buf ev;
+	int stored;
 	long at;
 
-	at = fcgi_wire_stdout_begin(&s->tail);
-	rc = exchange_store(ex, complete);
+	stored = exchange_store(ex, status,
+				strcmp(status, "failed") == 0
+					? (ex->result.outcome == UPSTREAM_FAILED
+						   ? ex->result.error
+						   : "The reply was too long and was stopped.")
+					: NULL) == 0;
 	/* The user's stream slot is free before the end reaches the client:
 	 * one who opens the next stream on `done` must find it free. */
 	exchange_release_slot(ex);
-	if (rc < 0 && !gone(s))
-		rc = sse_error(&s->tail, id, seq, "The reply could not be saved; please retry.");
-	else if (complete)
-		rc = sse_done(&s->tail, id, seq, ex->conversation, &ex->result);
-	else if (s->restarting)
-		rc = sse_error(&s->tail, id, seq,
-			       "The server is restarting; please retry in a moment.");
-	else if (ex->result.outcome == UPSTREAM_FAILED)
-		rc = sse_error(&s->tail, id, seq, ex->result.error);
-	else if (!gone(s))
-		/* Stopped by us with the client still there: the reply outgrew
-		 * its buffer.  Never end a stream without done or error. */
-		rc = sse_error(&s->tail, id, seq, "The reply was too long and was stopped.");
-	if (at >= 0 && (size_t)at + FCGI_WIRE_HEADER == s->tail.len)
-		s->tail.len = (size_t)at; /* no event: an empty record would end stdout */
-	else if (rc < 0 || at < 0 || fcgi_wire_stdout_end(&s->tail, at, s->request_id) < 0)
-		buf_reset(&s->tail);
-	else
-		s->tail_body = s->tail.len - (size_t)at - FCGI_WIRE_HEADER;
+	buf_init(&ev, 64u << 10);
+	if (final_event(&ev, s, status, stored) < 0)
+		buf_reset(&ev); /* out of memory: the request still ends */
+	if (s->jw) { /* its readers get the end too, then the journal goes */
+		if (ev.len > 0 && journal_add(s->jw, JOURNAL_END, s->seq + 1, ev.data, ev.len) == 0)
+			journal_flush(s->jw);
+		journal_remove(s->jw);
+		free(s->jw);
+		s->jw = NULL;
+	}
+	if (s->stop_requested)
+		journal_clear_stop(ex->message_id);
+	if (!gone(s) && ev.len > 0) {
+		at = fcgi_wire_stdout_begin(&s->tail);
+		if (at < 0 || buf_append(&s->tail, ev.data, ev.len) != BUF_OK ||
+		    fcgi_wire_stdout_end(&s->tail, at, s->request_id) < 0)
+			buf_reset(&s->tail);
+		else
+			s->tail_body = ev.len;
+	}
+	buf_free(&ev);
 	if (fcgi_wire_end(&s->tail, s->request_id) < 0)
 		buf_reset(&s->tail);
-	outcome = gone(s)				  ? "client_gone"
-		  : complete				  ? "done"
-		  : s->restarting			  ? "restarting"
-		  : ex->result.outcome == UPSTREAM_FAILED ? "upstream_error"
-							  : "too_long";
-	snprintf(s->note, sizeof s->note, "outcome=%s message_id=%lld", outcome, ex->message_id);
+	snprintf(s->note, sizeof s->note, "outcome=%s message_id=%lld%s", outcome,
+		 ex->message_id, s->resumable ? " resumable=1" : "");
 }
 
 /* A reply as far as its client has been sent it, for history while the
@@ -611,9 +743,12 @@ static void write_saves(struct save *v)
 	struct save *w;
 	int rc = d && db_begin(d) == 0 ? 0 : -1;
 
-	for (w = v; w && rc == 0; w = w->next)
+	for (w = v; w && rc == 0; w = w->next) {
+		struct history_reply rep = {.text = w->text, .len = w->len};
+
 		rc = history_save_reply(d, w->user_msg_id, w->message_id, w->user_id,
-					w->conversation, w->text, w->len, 0, 1);
+					w->conversation, &rep, 1);
+	}
 	if (rc < 0 || db_commit(d) < 0)
 		log_warn("saving replies in progress failed: %s", db_errmsg(d));
 	db_release(d);
@@ -650,6 +785,145 @@ static void *storer_main(void *arg)
 	}
 }
 
+/* --- followers: clients that reconnected to a resumable stream -------------- */
+
+/* Watch the segment s reads (inotify tells when it grows).  Without a
+ * watch the tick still reads every TICK_S. */
+static void watch_journal(struct stream *s)
+{
+	const char *rel = journal_reader_path(s->jr);
+	char path[4096];
+	struct stream *f;
+
+	if (s->wd >= 0 && strcmp(rel, s->watched_path) == 0)
+		return;
+	if (s->wd >= 0) { /* one inode, one watch: shared by every follower of it */
+		for (f = relay.followers; f && (f == s || f->wd != s->wd); f = f->lnext)
+			;
+		if (!f)
+			inotify_rm_watch(relay.infd, s->wd);
+		s->wd = -1;
+	}
+	if (relay.infd < 0 ||
+	    snprintf(path, sizeof path, "%s/%s", config.streams_dir, rel) >= (int)sizeof path)
+		return;
+	s->wd = inotify_add_watch(relay.infd, path, IN_MODIFY);
+	snprintf(s->watched_path, sizeof s->watched_path, "%s", rel);
+}
+
+static int format_gap(struct buf *out, const void *arg)
+{
+	const int *g = arg;
+
+	return buf_printf(out, "event: gap\ndata: {\"type\": \"gap\", \"from\": %d, \"to\": %d}\n\n",
+			  g[0], g[1]) == BUF_OK
+		       ? 0
+		       : -1;
+}
+
+/* One record of the journal, for the follower's client. */
+static int follow_record(void *ctx, int type, int seq, const char *bytes, size_t n)
+{
+	struct stream *s = ctx;
+	struct buf b = {.data = (char *)bytes, .len = n};
+	int gap[2];
+
+	if (gone(s) || s->out.len > FOLLOW_BEHIND)
+		return -1; /* EPOLLOUT reads on */
+	if (type == 0) {
+		gap[0] = seq;
+		gap[1] = seq + (int)n - 1;
+		return queue_record(s, format_gap, gap);
+	}
+	if (s->first_chunk_ms < 0)
+		s->first_chunk_ms = (upstream_now() - s->started_s) * 1e3;
+	return queue_record(s, format_bytes, &b);
+}
+
+static int format_text(struct buf *out, const void *arg)
+{
+	return buf_puts(out, arg) == BUF_OK ? 0 : -1;
+}
+
+/* The follower's end: a last event (error text; NULL: the journal's END
+ * was sent), then the end of the request once it is written. */
+static void end_follower(struct stream *s, const char *error)
+{
+	struct buf ev;
+
+	if (!gone(s) && error) {
+		buf_init(&ev, 4096);
+		if (sse_error(&ev, s->message_id, s->jr->after + 1, error) == 0)
+			queue_record(s, format_text, buf_str(&ev));
+		buf_free(&ev);
+	}
+	snprintf(s->note, sizeof s->note, "outcome=%s message_id=%lld resumed=1",
+		 error ? "journal_cut" : "done", s->message_id);
+	unfollow(s);
+	s->state = CLOSING;
+	s->closing_since = upstream_now();
+	if (!gone(s) && fcgi_wire_end(&s->out, s->request_id) < 0)
+		too_slow(s);
+	if (!gone(s))
+		flush_out(s);
+	if (gone(s) || s->out.len == 0)
+		close_stream(s); /* else when EPOLLOUT has taken the rest */
+}
+
+/* Read what is new in the follower's journal. */
+static void pump(struct stream *s)
+{
+	int rc;
+
+	if (s->state != FOLLOWING)
+		return;
+	if (gone(s)) {
+		close_stream(s);
+		return;
+	}
+	rc = journal_read(s->jr, follow_record, s);
+	if (rc == 1)
+		end_follower(s, NULL);
+	else if (rc < 0)
+		end_follower(s, SSE_INTERRUPTED);
+	else
+		watch_journal(s); /* the segment may have changed */
+}
+
+/* inotify: a stop request (a name in streams/), or a journal followed grew. */
+static void on_inotify(void)
+{
+	char events[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
+	ssize_t n;
+
+	while ((n = read(relay.infd, events, sizeof events)) > 0) {
+		const char *p = events;
+
+		while (p < events + n) {
+			const struct inotify_event *e = (const void *)p;
+			struct stream *f, *fnext;
+
+			p += sizeof *e + e->len;
+			if (e->wd == relay.streams_wd && e->len > 0) {
+				long long id = journal_stop_name(e->name);
+
+				for (f = id ? relay.live : NULL; f; f = f->next)
+					if (f->state == STREAMING && f->ex->message_id == id) {
+						f->stop_requested = 1;
+						abort_transfer(f);
+						break;
+					}
+				continue;
+			}
+			for (f = relay.followers; f; f = fnext) {
+				fnext = f->lnext;
+				if (f->wd == e->wd)
+					pump(f);
+			}
+		}
+	}
+}
+
 /* --- the loop ---------------------------------------------------------------- */
 
 static void take_in(struct stream *s)
@@ -665,6 +939,15 @@ static void take_in(struct stream *s)
 		log_error("epoll_ctl on a FastCGI connection: %s", strerror(errno));
 		mark_gone(s);
 	}
+	if (s->state == FOLLOWING) {
+		s->lnext = relay.followers;
+		relay.followers = s;
+		if (server_stopping())
+			end_follower(s, "The server is restarting; please retry in a moment.");
+		else
+			pump(s);
+		return;
+	}
 	if (curl_multi_add_handle(relay.multi, s->x.curl) != CURLM_OK) {
 		s->x.failed = 1;
 		s->ex->result.kind = METRICS_UE_OTHER;
@@ -676,6 +959,10 @@ static void take_in(struct stream *s)
 	s->in_multi = 1;
 	if (server_stopping()) {
 		s->restarting = 1;
+		abort_transfer(s);
+	} else if (journal_stop_requested(s->message_id)) {
+		/* Asked before the relay watched for it. */
+		s->stop_requested = 1;
 		abort_transfer(s);
 	}
 }
@@ -739,21 +1026,32 @@ static struct save *save_of(struct stream *s, double now)
 {
 	struct save *v;
 
-	if (now - s->saved_at < config.stream_save_interval || s->delivered <= s->saved_len)
+	size_t len = s->resumable ? s->ex->reply.len : s->delivered;
+
+	if (now - s->saved_at < config.stream_save_interval || len <= s->saved_len)
 		return NULL;
-	v = malloc(sizeof *v + s->delivered + 1);
+	v = malloc(sizeof *v + len + 1);
 	if (!v)
 		return NULL; /* the next tick tries again */
 	v->user_msg_id = s->ex->user_msg_id;
 	v->message_id = s->ex->message_id;
 	v->user_id = s->ex->user.id;
 	memcpy(v->conversation, s->ex->conversation, sizeof v->conversation);
-	v->len = s->delivered;
+	v->len = len;
 	memcpy(v->text, s->ex->reply.data, v->len);
 	v->text[v->len] = '\0';
 	s->saved_at = now;
-	s->saved_len = s->delivered;
+	s->saved_len = len;
 	return v;
+}
+
+/* A resumable stream without its client: has nobody read its journal
+ * for config.detach_grace? */
+static int detach_over(struct stream *s, double now)
+{
+	if (journal_has_readers(s->jw) || s->detached_at == 0)
+		s->detached_at = now; /* the grace runs while nobody reads */
+	return now - s->detached_at >= config.detach_grace;
 }
 
 /* Every TICK_S: pings, idle upstreams, clients gone while nothing was
@@ -772,17 +1070,30 @@ static void tick(double now)
 				close_stream(s);
 			continue;
 		}
+		if (s->state == FOLLOWING) {
+			if (stopping) {
+				end_follower(s, "The server is restarting; please retry in a moment.");
+				continue;
+			}
+			if (!gone(s) && now - s->last_write >= config.ping_interval)
+				queue_record(s, format_ping, NULL);
+			pump(s); /* also when inotify could not watch */
+			continue;
+		}
 		if (s->state != STREAMING)
 			continue;
 		if (stopping) {
 			s->restarting = 1;
 			abort_transfer(s);
-		} else if (gone(s)) {
+		} else if (gone(s) && !s->resumable) {
+			abort_transfer(s);
+		} else if (gone(s) && detach_over(s, now)) {
+			s->grace_expired = 1;
 			abort_transfer(s);
 		} else if (upstream_xfer_idle(&s->x, now)) {
 			to_store(s, CURLE_OK);
 		} else {
-			if (now - s->last_write >= config.ping_interval)
+			if (!gone(s) && now - s->last_write >= config.ping_interval)
 				queue_record(s, format_ping, NULL);
 			if ((v = save_of(s, now)) != NULL) {
 				v->next = saves;
@@ -810,7 +1121,7 @@ static void *loop_main(void *arg)
 	(void)arg;
 	for (;;) {
 		double now = upstream_now(), wait_s = next_tick - now;
-		int n, i, timeout_ms, woken = 0;
+		int n, i, timeout_ms, woken = 0, noticed = 0;
 
 		if (relay.curl_deadline >= 0 && relay.curl_deadline - now < wait_s)
 			wait_s = relay.curl_deadline - now;
@@ -828,6 +1139,8 @@ static void *loop_main(void *arg)
 
 			if (tag == WAKE_TAG) {
 				woken = 1;
+			} else if (tag == INOTIFY_TAG) {
+				noticed = 1;
 			} else if (tag & CURL_TAG) {
 				int flags = (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
 					    (ev[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
@@ -843,8 +1156,10 @@ static void *loop_main(void *arg)
 
 				on_client_event(s, ev[i].events);
 				/* Noticed now, while the model may be silent: stop it. */
-				if (gone(s) && s->state == STREAMING)
+				if (gone(s) && s->state == STREAMING && !s->resumable)
 					abort_transfer(s);
+				else if (s->state == FOLLOWING)
+					pump(s); /* gone: closed; room again: reads on */
 				else if (s->state == CLOSING && (gone(s) || s->out.len == 0))
 					close_stream(s);
 			}
@@ -853,6 +1168,8 @@ static void *loop_main(void *arg)
 		 * stream's own event may still be further down the batch. */
 		if (woken)
 			drain_queues();
+		if (noticed)
+			on_inotify(); /* after the batch too: it may close followers */
 		now = upstream_now();
 		if (relay.curl_deadline >= 0 && now >= relay.curl_deadline) {
 			relay.curl_deadline = -1;
@@ -888,26 +1205,61 @@ void relay_unreserve(void)
 	__atomic_sub_fetch(&relay.open, 1, __ATOMIC_ACQ_REL);
 }
 
-int relay_submit(struct request *r, struct exchange *ex)
+static struct stream *new_stream(struct request *r)
 {
-	struct upstream_message *msgs = NULL;
-	struct upstream_call call = {0};
 	struct stream *s = calloc(1, sizeof *s);
-	int n, flags;
 
 	if (!s)
-		return -1;
+		return NULL;
 	upstream_xfer_init(&s->x);
 	buf_init(&s->out, OUT_MAX);
 	buf_init(&s->marks, MARKS_MAX);
 	buf_init(&s->tail, 64u << 10);
-	s->x.curl = take_handle();
+	s->slot = s->wd = -1;
+	s->method = strcmp(r->method, "POST") == 0 ? "POST" : "GET";
+	s->started_s = (double)r->started.tv_sec + (double)r->started.tv_nsec / 1e9;
+	s->first_chunk_ms = -1;
 	s->path = strdup(r->path ? r->path : "-");
-	if (!s->x.curl || !s->path || exchange_messages(ex, &msgs, &n) < 0)
-		goto fail;
-	/* The loop must never block on this socket, whatever nginx sends. */
-	flags = fcntl(r->fcgx->ipcFd, F_GETFL);
+	if (!s->path) {
+		free_stream(s);
+		return NULL;
+	}
+	return s;
+}
+
+/* Hand s, set up, and the request's connection to the loop, which must
+ * never block on it, whatever nginx sends.  0, or -1 with nothing taken. */
+static int take_connection(struct stream *s, struct request *r)
+{
+	int flags = fcntl(r->fcgx->ipcFd, F_GETFL);
+
 	if (flags < 0 || fcntl(r->fcgx->ipcFd, F_SETFL, flags | O_NONBLOCK) < 0)
+		return -1;
+	s->fd = r->fcgx->ipcFd;
+	s->request_id = r->fcgx->requestId;
+	/* From here on the connection is the relay's: libfcgi must not write
+	 * its end records nor close it when the worker finishes. */
+	r->fcgx->ipcFd = -1;
+	r->handed_off = 1;
+	metrics_active_streams(1);
+	pthread_mutex_lock(&relay.lock);
+	push(&relay.incoming, s);
+	pthread_mutex_unlock(&relay.lock);
+	wake_loop();
+	return 0;
+}
+
+int relay_submit(struct request *r, struct exchange *ex)
+{
+	struct upstream_message *msgs = NULL;
+	struct upstream_call call = {0};
+	struct stream *s = new_stream(r);
+	int n;
+
+	if (!s)
+		return -1;
+	s->x.curl = take_handle();
+	if (!s->x.curl || exchange_messages(ex, &msgs, &n) < 0)
 		goto fail;
 	call.messages = msgs;
 	call.nmessages = n;
@@ -920,26 +1272,25 @@ int relay_submit(struct request *r, struct exchange *ex)
 		goto fail;
 	free(msgs);
 	msgs = NULL;
-	exchange_release_context(ex); /* in the request body now */
-
-	s->ex = ex;
-	s->fd = r->fcgx->ipcFd;
-	s->request_id = r->fcgx->requestId;
-	s->method = strcmp(r->method, "POST") == 0 ? "POST" : "GET";
-	s->started_s = (double)r->started.tv_sec + (double)r->started.tv_nsec / 1e9;
-	s->first_chunk_ms = -1;
-	s->saved_at = s->started_s;
+	if (ex->resumable) {
+		s->jw = malloc(sizeof *s->jw);
+		if (s->jw && journal_create(s->jw, ex->message_id) == 0) {
+			s->resumable = 1;
+		} else { /* logged: the stream goes on as one that is not */
+			free(s->jw);
+			s->jw = NULL;
+		}
+	}
+	s->user_id = ex->user.id;
+	s->message_id = ex->message_id;
 	s->state = STREAMING;
-	/* From here on the connection is the relay's: libfcgi must not write
-	 * its end records nor close it when the worker finishes. */
-	r->fcgx->ipcFd = -1;
-	r->handed_off = 1;
-	metrics_active_streams(1);
-
-	pthread_mutex_lock(&relay.lock);
-	push(&relay.incoming, s);
-	pthread_mutex_unlock(&relay.lock);
-	wake_loop();
+	s->saved_at = s->started_s;
+	s->ex = ex;
+	exchange_release_context(ex); /* in the request body now */
+	if (take_connection(s, r) < 0) {
+		s->ex = NULL; /* still the caller's */
+		goto fail;
+	}
 	return 0;
 fail:
 	free(msgs);
@@ -947,7 +1298,49 @@ fail:
 	return -1;
 }
 
+int relay_follow(struct request *r, struct journal_reader *jr, long long user_id, int slot)
+{
+	struct stream *s = new_stream(r);
+
+	if (!s)
+		return -1;
+	s->jr = jr;
+	s->user_id = user_id;
+	s->message_id = jr->message_id;
+	s->state = FOLLOWING;
+	s->slot = slot;
+	if (take_connection(s, r) < 0) {
+		s->jr = NULL; /* still the caller's, like the slot */
+		s->slot = -1;
+		free_stream(s);
+		return -1;
+	}
+	return 0;
+}
+
 /* --- start and stop ---------------------------------------------------------- */
+
+/* Stop requests and journals (journal.h) through inotify.  Without it
+ * (logged) streams still resume, only a tick later, and stops are still
+ * seen when a stream starts. */
+static void watch_streams_dir(void)
+{
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = INOTIFY_TAG};
+
+	if (journal_init() < 0)
+		return;
+	relay.infd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (relay.infd < 0 ||
+	    (relay.streams_wd = inotify_add_watch(relay.infd, config.streams_dir,
+						  IN_CREATE | IN_MOVED_TO | IN_ONLYDIR)) < 0 ||
+	    epoll_ctl(relay.epfd, EPOLL_CTL_ADD, relay.infd, &ev) < 0) {
+		log_error("inotify on %s: %s; stop requests are seen late", config.streams_dir,
+			  strerror(errno));
+		if (relay.infd >= 0)
+			close(relay.infd);
+		relay.infd = -1;
+	}
+}
 
 int relay_start(void)
 {
@@ -961,6 +1354,8 @@ int relay_start(void)
 	if (relay.epfd < 0 || relay.evfd < 0 || !relay.multi ||
 	    epoll_ctl(relay.epfd, EPOLL_CTL_ADD, relay.evfd, &ev) < 0)
 		goto fail;
+	buf_init(&relay.scratch, OUT_MAX);
+	watch_streams_dir();
 	/* Idle connections to the model server kept for the next streams. */
 	if (!multi_ok(curl_multi_setopt(relay.multi, CURLMOPT_SOCKETFUNCTION, on_socket),
 		      "CURLMOPT_SOCKETFUNCTION") ||
@@ -1021,5 +1416,8 @@ void relay_stop(void)
 	relay.multi = NULL;
 	close(relay.epfd);
 	close(relay.evfd);
-	relay.epfd = relay.evfd = -1;
+	if (relay.infd >= 0)
+		close(relay.infd);
+	relay.epfd = relay.evfd = relay.infd = -1;
+	buf_free(&relay.scratch);
 }

@@ -26,6 +26,7 @@
 
 struct request;
 struct exchange;
+struct journal_reader;
 
 /* Start the loop and store threads.  0, or -1 (logged). */
 int relay_start(void);
@@ -44,5 +45,13 @@ void relay_unreserve(void);
  * without one, and request_end() neither answers nor logs it).  0, or -1
  * with nothing taken: the caller still owns ex and the connection. */
 int relay_submit(struct request *r, struct exchange *ex);
+
+/* Hand over a client that reconnected to a resumable stream (stream.c):
+ * its headers are sent, jr is open at the event after the last it saw,
+ * slot is its place under the user's stream cap.  The relay sends the
+ * journal's events as they come and ends the request with the stream's
+ * end.  0 (the relay has jr, slot and the connection), or -1 with
+ * nothing taken. */
+int relay_follow(struct request *r, struct journal_reader *jr, long long user_id, int slot);
 
 #endif

@@ -36,6 +36,7 @@
 
 #include "config.h"
 #include "db.h"
+#include "generations.h"
 #include "limits.h"
 #include "log.h"
 #include "metrics.h"
@@ -339,6 +340,19 @@ static void reexec(const char *self)
 	log_error("reload failed: exec %s: %s", self, strerror(errno));
 }
 
+/* Replies left 'streaming' by a process that died (a restart after a
+ * crash): interrupted, their conversations free again.  0 or -1. */
+static int sweep_generations(void)
+{
+	struct db *d = db_acquire();
+	int n = d ? generations_sweep(d) : -1;
+
+	db_release(d);
+	if (n > 0)
+		log_info("%d generations of processes that died were marked interrupted", n);
+	return n < 0 ? -1 : 0;
+}
+
 int server_main(const struct server_spec *s)
 {
 	struct sigaction sa;
@@ -386,6 +400,8 @@ int server_main(const struct server_spec *s)
 		limits_open("streams", config.streams_max, config.max_streams_per_user);
 	else if (s->chats) /* a chat holds a worker thread: one slot each */
 		limits_open("chats", config.workers, config.max_chats_per_user);
+	if ((s->streams || s->chats) && sweep_generations() < 0)
+		log_warn("could not clear the generations of processes that died");
 	if (s->streams && relay_start() < 0)
 		return 1;
 	rc = run_workers(&reload);

@@ -34,7 +34,7 @@ static int put_id(struct buf *out, long long message_id, int seq)
 	return 0;
 }
 
-int sse_start(struct request *r, long long message_id)
+int sse_start(struct request *r, long long message_id, int seq, const char *comment)
 {
 	struct buf pre;
 	int rc = -1;
@@ -44,8 +44,8 @@ int sse_start(struct request *r, long long message_id)
 	 * without data dispatches no event but still sets the browser's last
 	 * event id (WHATWG "dispatch the event", step 1). */
 	buf_init(&pre, 128);
-	if (buf_printf(&pre, ": connected\nretry: %d\n", SSE_RETRY_MS) != BUF_OK ||
-	    put_id(&pre, message_id, 0) < 0 || buf_putc(&pre, '\n') != BUF_OK)
+	if (buf_printf(&pre, ": %s\nretry: %d\n", comment, SSE_RETRY_MS) != BUF_OK ||
+	    put_id(&pre, message_id, seq) < 0 || buf_putc(&pre, '\n') != BUF_OK)
 		goto out;
 	if (resp_headers(r, 200, "text/event-stream; charset=utf-8", -1,
 			 "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") < 0 ||
@@ -75,15 +75,34 @@ static int add_counter(struct buf *b, const char *name, long long v)
 	return buf_printf(b, ", \"%s\": %lld", name, v) == BUF_OK ? 0 : -1;
 }
 
+/* ", \"usage\": {...}" with the counters known; nothing without any. */
+static int add_usage(struct buf *b, long long prompt_tokens, long long completion_tokens)
+{
+	if (prompt_tokens < 0 && completion_tokens < 0)
+		return 0;
+	if (buf_puts(b, ", \"usage\": {") != BUF_OK)
+		return -1;
+	if (prompt_tokens >= 0 &&
+	    buf_printf(b, "\"prompt_tokens\": %lld%s", prompt_tokens,
+		       completion_tokens >= 0 ? ", " : "") != BUF_OK)
+		return -1;
+	if (completion_tokens >= 0 &&
+	    buf_printf(b, "\"completion_tokens\": %lld", completion_tokens) != BUF_OK)
+		return -1;
+	return buf_putc(b, '}') == BUF_OK ? 0 : -1;
+}
+
 int sse_done(struct buf *out, long long message_id, int seq, const char *conversation,
-	     const struct upstream_result *res)
+	     const struct upstream_result *res, int stopped)
 {
 	if (put_id(out, message_id, seq) < 0 ||
 	    buf_printf(out,
 		       "event: done\ndata: {\"finished\": true, \"conversation_id\": \"%s\", "
-		       "\"message_id\": %lld",
+		       "\"message_id\": %lld, \"status\": \"%s\"%s",
 		       conversation, /* conversation ids are [A-Za-z0-9_-] */
-		       message_id) != BUF_OK ||
+		       message_id, stopped ? "stopped" : "done",
+		       stopped ? ", \"stopped\": true" : "") != BUF_OK ||
+	    add_usage(out, res->prompt_eval_count, res->eval_count) < 0 ||
 	    add_counter(out, "eval_count", res->eval_count) < 0 ||
 	    add_counter(out, "prompt_eval_count", res->prompt_eval_count) < 0 ||
 	    add_counter(out, "total_duration", res->total_duration) < 0 ||

@@ -112,7 +112,8 @@ fail:
 /* Take a ticket out of the table.  1 it was live (*user_id set), 0
  * unknown, used or expired, -1 database error.  The row goes whatever its
  * expiry: a ticket is spent by being presented. */
-static int ticket_spend(struct db *d, const unsigned char *hash, long long now, long long *user_id)
+static int ticket_spend(struct db *d, const unsigned char *hash, long long now, long long *user_id,
+			int spend)
 {
 	static const char sql_find[] =
 		"SELECT user_id, expires_at FROM stream_tickets WHERE hash = ?1";
@@ -126,7 +127,7 @@ static int ticket_spend(struct db *d, const unsigned char *hash, long long now, 
 	rc = step_once(st, user_id, &expires);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 		goto fail;
-	if (rc == SQLITE_ROW &&
+	if (rc == SQLITE_ROW && spend &&
 	    (!(st = with_hash(d, sql_delete, hash)) || step_once(st, NULL, NULL) != SQLITE_DONE))
 		goto fail;
 	if (db_commit(d) < 0)
@@ -216,7 +217,7 @@ void tickets_post(struct request *r)
 	resp_json_headers(r, 200, o, "Cache-Control: no-store\r\nPragma: no-cache\r\n");
 }
 
-int tickets_authenticate(struct request *r, int other_credential, struct user *u)
+int tickets_authenticate(struct request *r, int other_credential, struct user *u, int spend)
 {
 	unsigned char hash[crypto_generichash_BYTES];
 	long long user_id = 0;
@@ -241,7 +242,7 @@ int tickets_authenticate(struct request *r, int other_credential, struct user *u
 	if (ready < 0)
 		return -1;
 	d = db_acquire();
-	live = d ? ticket_spend(d, hash, now_ms(), &user_id) : -1;
+	live = d ? ticket_spend(d, hash, now_ms(), &user_id, spend) : -1;
 	if (live < 0)
 		log_error("spending a stream ticket failed: %s", d ? db_errmsg(d) : "no database");
 	db_release(d);

@@ -38,6 +38,8 @@ void tickets_post(struct request *r);
  * request also carries a Bearer token.  1 when there is no ticket
  * parameter (authenticate otherwise), 0 with *u filled (the caller runs
  * users_clear), or -1 with the 401/503 answered. */
-int tickets_authenticate(struct request *r, int other_credential, struct user *u);
+/* spend 0: a reconnect to a stream (stream.c) checks the ticket and
+ * leaves it for the stream it was issued for. */
+int tickets_authenticate(struct request *r, int other_credential, struct user *u, int spend);
 
 #endif

@@ -227,7 +227,12 @@ def test_chat_returns_the_upstream_reply_exactly_and_stores_it(stack, case):
     assert r.status == 200, r
     assert r.headers.get("content-type", "").startswith("application/json"), r.headers
     body = r.json()
-    assert set(body) == {"response", "conversation_id", "model", "message_id"}, body
+    assert set(body) == {"response", "conversation_id", "model", "message_id", "status",
+                         "usage"}, str(body)[:300]
+    assert body["status"] == "done", str(body)[:300]
+    # the fake's counters, as OpenAI names them
+    assert set(body["usage"]) == {"prompt_tokens", "completion_tokens"}, body["usage"]
+    assert all(isinstance(v, int) and v >= 0 for v in body["usage"].values()), body["usage"]
     assert body["response"] == want, (body["response"][:300], want[:300])
     assert body["conversation_id"] == "default", body
     assert body["model"] == MODEL, body
@@ -270,7 +275,9 @@ def test_history_holds_each_exchange_oldest_first_with_ids_and_utc_times(stack):
     msgs = body["messages"]
     assert len(msgs) == 6, msgs
     for m in msgs:
-        assert set(m) == {"id", "role", "content", "created_at"}, m
+        assert set(m) - {"usage"} == {"id", "role", "content", "created_at", "status"}, m
+        assert m["status"] == "done", m
+        assert ("usage" in m) == (m["role"] == "assistant"), m
         assert isinstance(m["id"], int), m
         assert ISO_UTC.match(m["created_at"]), m
         when = datetime.datetime.fromisoformat(m["created_at"].replace("Z", "+00:00"))

@@ -210,7 +210,10 @@ def test_abandoned_chats_do_not_use_up_the_chat_workers(stack):
     user = account(stack, "chatleak")
     for i in range(6):
         mark = marker()
-        body = json.dumps({"message": f"leak {i} {mark} {fake(hang=1)}"}).encode()
+        # each in its own conversation: one left a moment ago may still be
+        # generating there (409) until its worker notices the client left
+        body = json.dumps({"message": f"leak {i} {mark} {fake(hang=1)}",
+                           "conversation_id": f"leak-{i}"}).encode()
         head = (f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\n"
                 f"Authorization: Bearer {user['access']}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
