@@ -954,7 +954,8 @@ def test_a_reader_further_behind_than_the_journal_gets_a_gap_event_and_goes_on(s
     c = conv()
     mark = marker()
     burst = 60000  # ~60 bytes an event: several MiB of journal, then the model waits
-    reader = open_stream(stack, user, f"flood {mark} " + fake(hang=1, hang_after=burst), c)
+    flood = fake(tokens=burst + 10, hang=1, hang_after=burst)
+    reader = open_stream(stack, user, f"flood {mark} " + flood, c)
     reader.wait_chunks(1).close()
     mid = message_id_of(reader)
     first_seq = parse_id(reader.chunks()[-1])[1]
