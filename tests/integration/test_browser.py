@@ -5,7 +5,9 @@ stream ticket or ?access_token= against an upstream that fails before the
 first token: it answers an error, refuses the connection, or the responder
 dies. The message must reach the upstream once; the browser's reconnect
 must carry Last-Event-ID and get 204, and the EventSource end CLOSED, with
-no resend however long it waits past the retry time.
+no resend however long it waits past the retry time.  And (issue 12) a
+resumable stream whose connection a proxy cuts: the EventSource reconnects
+by itself and gets the rest exactly once.
 
 `make test` installs Chromium and runs `npm ci` in tests/browser; without
 /usr/bin/chromium this file says so and checks nothing."""

@@ -10,7 +10,10 @@ page, and, as the old deployment's own check did, through the DevTools
 protocol's network events), Stop (the model's request closed within 2 s,
 the partial reply kept), reload, switching and deleting conversations, a
 token refreshed unnoticed, hostile output shown as text, errors shown in
-place and nothing sent twice.  Screenshots go to build/test-output/page/.
+place and nothing sent twice; and (issue 12) a reply that survives a
+reload and a cut connection (through tests/integration/cutproxy.py), shown
+once, and Stop on a reply taken up again.  Screenshots go to
+build/test-output/page/.
 
 `make test` installs Chromium and runs `npm ci` in tests/browser and
 src/web; without /usr/bin/chromium these tests say so and check nothing."""
