@@ -48,7 +48,7 @@ void chat_post(struct request *r)
 	if (exchange_begin(&ex, r, 0, 0) < 0)
 		goto out;
 	/* A restart lets this finish: it is bounded by the total timeout. */
-	if (exchange_run(&ex, config.upstream_total_timeout) < 0) {
+	if (exchange_run(&ex, config.upstream_total_timeout) < 0 && !ex.stopped) {
 		exchange_release_slot(&ex);
 		if (ex.result.outcome == UPSTREAM_STOPPED && ex.reply_cut) {
 			resp_detail(r, 502, "The reply was too long and was stopped.");
@@ -64,7 +64,8 @@ void chat_post(struct request *r)
 		}
 		goto out;
 	}
-	stored = exchange_store(&ex, "done", NULL);
+	/* Stopped (POST /api/chat/stop/): the reply so far is the answer. */
+	stored = exchange_store(&ex, ex.stopped ? "stopped" : "done", NULL);
 	exchange_release_slot(&ex); /* the chat is over, only its answer is left */
 	if (stored < 0) {
 		resp_detail(r, 503, "The reply could not be saved; please retry.");
@@ -75,7 +76,8 @@ void chat_post(struct request *r)
 		  !cJSON_AddStringToObject(o, "conversation_id", ex.conversation) ||
 		  !cJSON_AddStringToObject(o, "model", config.model) ||
 		  !cJSON_AddNumberToObject(o, "message_id", (double)ex.message_id) ||
-		  !cJSON_AddStringToObject(o, "status", "done") || add_usage(o, &ex.result) < 0)) {
+		  !cJSON_AddStringToObject(o, "status", ex.stopped ? "stopped" : "done") ||
+		  add_usage(o, &ex.result) < 0)) {
 		cJSON_Delete(o);
 		o = NULL;
 	}

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "db.h"
 #include "generations.h"
+#include "journal.h"
 #include "limits.h"
 #include "log.h"
 #include "response.h"
@@ -333,6 +334,16 @@ static int collect(void *ctx, const char *text, size_t n)
 	return exchange_append_reply(ctx, text, n);
 }
 
+/* A stop request for this reply, from any process (journal.h). */
+static int stop_requested(void *ctx)
+{
+	struct exchange *ex = ctx;
+
+	if (ex->reserved && journal_stop_requested(ex->message_id))
+		ex->stopped = 1;
+	return ex->stopped;
+}
+
 int exchange_messages(struct exchange *ex, struct upstream_message **out, int *nout)
 {
 	struct upstream_message *msgs;
@@ -380,6 +391,7 @@ int exchange_run(struct exchange *ex, int total_timeout)
 	call.idle_timeout = config.upstream_idle_timeout;
 	call.total_timeout = total_timeout;
 	call.client_fd = ex->r->fcgx->ipcFd;
+	call.stop_requested = stop_requested;
 	rc = upstream_chat(ex->r->worker, &call, &ex->result);
 	free(msgs);
 	return rc;
@@ -396,7 +408,7 @@ static int store_rows(struct exchange *ex, struct db *d, const struct history_re
 	if (ex->user_stored)
 		return history_save_reply(d, ex->user_msg_id, ex->message_id, ex->user.id,
 					  ex->conversation, rep, 0);
-	if (ex->reply.len == 0)
+	if (ex->reply.len == 0 && strcmp(rep->status, "stopped") != 0)
 		return 0; /* the user saw nothing: there is nothing to keep */
 	return history_store(d, ex->user.id, ex->conversation, ex->user_msg_id,
 			     buf_str(&ex->message), ex->message_id, rep);

@@ -47,6 +47,7 @@ struct exchange {
 	int stream_slot; /* limits slot held (a stream's or a chat's), or -1 */
 	int resumable;	 /* "resumable": true: the model goes on without its client */
 	int claimed;	 /* the generations row is ours (generations.h) */
+	int stopped;	 /* POST /api/chat/stop/ asked (exchange_run) */
 	long long running; /* exchange_begin() answered 409: the reply that runs */
 };
 

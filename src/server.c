@@ -37,6 +37,7 @@
 #include "config.h"
 #include "db.h"
 #include "generations.h"
+#include "journal.h"
 #include "limits.h"
 #include "log.h"
 #include "metrics.h"
@@ -400,6 +401,8 @@ int server_main(const struct server_spec *s)
 		limits_open("streams", config.streams_max, config.max_streams_per_user);
 	else if (s->chats) /* a chat holds a worker thread: one slot each */
 		limits_open("chats", config.workers, config.max_chats_per_user);
+	if (s->chats && journal_init() < 0) /* stop requests (relay.c does it for streams) */
+		log_warn("POST /api/chat/stop/ cannot reach this process's chats");
 	if ((s->streams || s->chats) && sweep_generations() < 0)
 		log_warn("could not clear the generations of processes that died");
 	if (s->streams && relay_start() < 0)

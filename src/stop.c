@@ -61,24 +61,33 @@ static int read_target(struct request *r, long long *id, const char **conv)
 	return -1;
 }
 
-/* The reply's stored status, with its generation cleared when the
- * process that ran it died.  1 found, 0 not this user's reply, -1. */
+/* Where reply id stands: "streaming" while its generation runs (a
+ * /api/chat/ reply has no row before its end), else its stored status
+ * ("interrupted" for a row left 'streaming' by a process that died).
+ * 1 found, 0 not this user's reply (or, after a stop, nothing was kept),
+ * -1. */
 static int look(long long user_id, long long id, struct history_stored *h)
 {
 	struct db *d = db_acquire();
 	struct generation g;
-	int found, rc = 0;
+	int found, rc;
 
 	if (!d)
 		return -1;
-	found = history_get_reply(d, user_id, id, h);
-	if (found == 1 && strcmp(h->status, "streaming") == 0) {
-		rc = generations_find(d, user_id, id, NULL, &g);
-		if (rc == 0 || (rc == 1 && !g.alive)) /* nothing will end it: it is over */
-			snprintf(h->status, sizeof h->status, "interrupted");
-	}
+	history_stored_free(h);
+	rc = generations_find(d, user_id, id, NULL, &g);
+	found = rc < 0 ? -1 : history_get_reply(d, user_id, id, h);
 	db_release(d);
-	return rc < 0 ? -1 : found;
+	if (rc < 0 || found < 0)
+		return -1;
+	if (rc == 1 && g.alive) {
+		snprintf(h->conversation, sizeof h->conversation, "%s", g.conversation);
+		snprintf(h->status, sizeof h->status, "streaming");
+		return 1;
+	}
+	if (found == 1 && strcmp(h->status, "streaming") == 0)
+		snprintf(h->status, sizeof h->status, "interrupted"); /* nothing will end it */
+	return found;
 }
 
 static void answer(struct request *r, long long id, const struct history_stored *h, int status)
@@ -99,6 +108,7 @@ void stop_post(struct request *r)
 	static const struct timespec poll = {0, POLL_MS * 1000 * 1000};
 	struct history_stored h = {0};
 	const char *conv = NULL;
+	char conversation[CONVERSATION_ID_MAX + 1];
 	struct generation g;
 	long long id = 0;
 	struct user u;
@@ -138,9 +148,14 @@ void stop_post(struct request *r)
 				goto unavailable;
 		}
 		nanosleep(&poll, NULL);
-		history_stored_free(&h);
-		if (look(u.id, id, &h) < 0)
+		memcpy(conversation, h.conversation, sizeof conversation);
+		rc = look(u.id, id, &h);
+		if (rc < 0)
 			goto unavailable;
+		if (rc == 0) { /* ended keeping nothing (the model had said nothing) */
+			memcpy(h.conversation, conversation, sizeof conversation);
+			snprintf(h.status, sizeof h.status, "stopped");
+		}
 	}
 	journal_clear_stop(id);
 	snprintf(r->note, sizeof r->note, "message_id=%lld status=%s", id, h.status);

@@ -402,6 +402,13 @@ static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off
 		s->stopped = 1; /* nobody is waiting for the answer any more */
 		return 1;
 	}
+	if (c->stop_requested && t - s->stop_polled >= UPSTREAM_STOP_POLL_S) {
+		s->stop_polled = t;
+		if (c->stop_requested(c->ctx)) {
+			s->stopped = 1;
+			return 1;
+		}
+	}
 	if (t - s->last_data > c->idle_timeout) {
 		fail_with(s, METRICS_UE_TIMEOUT, "The language model sent nothing for %d seconds.",
 			  c->idle_timeout);

@@ -43,7 +43,12 @@ struct upstream_call {
 	/* Blocking calls: the FastCGI connection of the request, watched so
 	 * that a client who leaves stops the model (-1: none). */
 	int client_fd;
+	/* Blocking calls: asked every UPSTREAM_STOP_POLL_S; 1 stops the model
+	 * (POST /api/chat/stop/).  NULL: never. */
+	int (*stop_requested)(void *ctx);
 };
+
+#define UPSTREAM_STOP_POLL_S 0.25
 
 enum upstream_outcome {
 	UPSTREAM_DONE,	  /* the model finished ("done": true) */
@@ -99,6 +104,7 @@ struct upstream_xfer {
 	int failed;	  /* res->kind/error are set */
 	int stopped;	  /* a callback (or the caller) asked to stop */
 	double started, last_data;
+	double stop_polled; /* call.stop_requested() was asked then */
 	char curl_error[CURL_ERROR_SIZE];
 };
 
