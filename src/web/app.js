@@ -4,9 +4,14 @@
 // A reply is read with fetch() + ReadableStream (POST /api/chat/stream/,
 // the token in a header, never in a URL) through sse.js; each chunk is
 // appended to the text and the Markdown rendered again (once per frame).
-// Stop aborts the request: nginx closes the stream's connection, and the
-// server stops the model and keeps the part that was sent.  A failed
-// message is never sent again by the page.
+// Every stream is resumable: when its connection breaks mid-reply the page
+// reconnects with Last-Event-ID and goes on in place (a chunk already shown
+// is never shown again); a reply history still calls "streaming" (after a
+// reload, or opened from the sidebar) is read again from its start with
+// ?resume=<message_id>.  Stop asks the server to stop the model
+// (POST /api/chat/stop/, which keeps the part generated) and aborts the
+// request; switching conversations only leaves the stream, which goes on.
+// A failed message is never sent again by the page.
 import { ApiError, Session, reason } from './api.js';
 import { renderMarkdown } from './markdown.js';
 import { SSEParser } from './sse.js';
@@ -22,7 +27,7 @@ let nextPage = null; // `before` of the sidebar's next page
 // --- views -------------------------------------------------------------------
 
 function showLogin(message) {
-  stopStream();
+  leaveStream();
   $('chat-view').hidden = true;
   $('login-view').hidden = false;
   $('login-error').hidden = !message;
@@ -36,6 +41,13 @@ async function showChat() {
   $('whoami').textContent = session.username;
   newConversation();
   await loadConversations();
+  const active = remembered();
+  if (active && !streaming) {
+    const li = Array.from($('conversations').children).find((x) => x.dataset.id === active.conversation_id);
+    const title = li ? li.querySelector('.title').textContent : active.conversation_id;
+    await openConversation(active.conversation_id, title);
+    if (!streaming) remember(active.conversation_id, null); // it had ended meanwhile
+  }
 }
 
 function status(text) {
@@ -103,7 +115,7 @@ function markCurrent() {
 }
 
 function newConversation() {
-  stopStream();
+  leaveStream();
   current = { id: newId(), title: 'New conversation' };
   $('thread-title').textContent = current.title;
   $('messages').replaceChildren();
@@ -113,7 +125,7 @@ function newConversation() {
 }
 
 async function openConversation(id, title) {
-  stopStream();
+  leaveStream();
   current = { id, title: title || id };
   $('thread-title').textContent = current.title;
   markCurrent();
@@ -123,13 +135,27 @@ async function openConversation(id, title) {
   try {
     const h = await session.json(`/api/chat/history/?conversation_id=${encodeURIComponent(id)}`);
     if (!current || current.id !== id) return; // switched meanwhile
-    for (const m of h.messages) addMessage(m.role, m.content);
+    const last = h.messages[h.messages.length - 1];
+    const running = last && last.role === 'assistant' && last.status === 'streaming' ? last : null;
+    for (const m of h.messages) {
+      if (m === running) continue;
+      const li = addMessage(m.role, m.content);
+      if (m.role === 'assistant' && ENDINGS[m.status]) note(li, 'problem', ENDINGS[m.status]);
+    }
     status('');
     scrollDown();
+    if (running && !streaming) resumeReply(current, running.id, running.content); // not awaited
   } catch (e) {
     status(`The history could not be loaded: ${e.message}`);
   }
 }
+
+// What history's status says of a reply that did not end normally.
+const ENDINGS = {
+  stopped: 'Stopped.',
+  interrupted: 'Interrupted before it finished.',
+  failed: 'The reply failed.',
+};
 
 async function deleteConversation(c) {
   const title = c.title || c.conversation_id;
@@ -180,6 +206,8 @@ class Reply {
     this.frame = 0;
     this.t0 = performance.now();
     this.firstMs = null;
+    this.gap = false;
+    this.stored = '';
   }
 
   append(piece) {
@@ -199,6 +227,7 @@ class Reply {
 
   finish(problem) {
     if (this.frame) cancelAnimationFrame(this.frame);
+    if (!this.text && this.stored) this.text = this.stored; // nothing came: what was stored
     this.render();
     this.li.classList.remove('waiting');
     if (problem) note(this.li, 'problem', problem);
@@ -212,31 +241,95 @@ function setStreaming(on) {
   if (!on) $('input').focus();
 }
 
-function stopStream() {
+const sleep = (ms, signal) => new Promise((resolve) => {
+  const t = setTimeout(resolve, ms);
+  signal.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+});
+
+// The reply being generated for this tab, kept across a reload so the page
+// can take it up again: {conversation_id, message_id}.
+const ACTIVE = 'jarvas.streaming';
+
+function remember(conversationId, messageId) {
+  if (messageId === null) sessionStorage.removeItem(ACTIVE);
+  else sessionStorage.setItem(ACTIVE, JSON.stringify({ conversation_id: conversationId, message_id: messageId }));
+}
+
+function remembered() {
+  try {
+    const a = JSON.parse(sessionStorage.getItem(ACTIVE) || 'null');
+    return a && typeof a.conversation_id === 'string' && Number.isInteger(a.message_id) ? a : null;
+  } catch {
+    return null;
+  }
+}
+
+// Leave the stream being read: the server goes on generating (the streams
+// are resumable) and the page takes it up again when the conversation is
+// opened.
+function leaveStream() {
   if (!streaming) return;
-  streaming.stopped = true;
+  remember(streaming.conversation.id, null); // only a reload takes it up by itself
+  streaming.left = true;
   streaming.controller.abort();
 }
 
-async function send(message) {
-  const conversation = current;
+// Stop: the server stops the model and keeps the part it generated; the
+// request is aborted too.
+function stopStream() {
+  if (!streaming) return;
+  const s = streaming;
+  s.stopped = true;
+  const body = s.messageId !== null ? { message_id: s.messageId } : { conversation_id: s.conversation.id };
+  session.json('/api/chat/stop/', {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+  }).catch(() => { /* it ended meanwhile, or the connection is gone */ });
+  s.controller.abort();
+}
+
+const LOST = 'The connection was lost before the reply was finished.';
+const RECONNECTS = 6; // attempts in a row without an event before giving up
+const ID = /^(\d+):(\d+)$/;
+
+// Read one reply into `reply`: the response `first(signal)` gives, then,
+// when the connection breaks before the end, reconnections with
+// Last-Event-ID that go on from the last event seen (never a chunk twice).
+// Returns when the reply has ended, failed or was stopped or left.
+async function follow(conversation, reply, first, knownId = null) {
   const controller = new AbortController();
-  const mine = { controller, stopped: false };
+  const mine = { controller, conversation, stopped: false, left: false, messageId: knownId };
   streaming = mine;
   setStreaming(true);
-  addMessage('user', message);
-  const reply = new Reply();
-  scrollDown();
-  let ended = false, problem = null, waited = 0;
-  const parser = new SSEParser({
+  let lastId = knownId === null ? '' : `${knownId}:0`, seen = 0, ended = false, problem = null;
+  let retryMs = 3000, failures = 0, request = first, resumed = false;
+  const learn = (id) => {
+    const m = ID.exec(id || '');
+    if (!m) return;
+    lastId = id;
+    if (mine.messageId === null) {
+      mine.messageId = Number(m[1]);
+      remember(conversation.id, mine.messageId);
+    }
+  };
+  const on = {
     event(e) {
+      failures = 0;
+      learn(e.lastEventId);
       let data = null;
       try { data = JSON.parse(e.data); } catch { /* not ours */ }
       if (e.type === 'message' && data && data.type === 'chunk') {
+        const m = ID.exec(e.lastEventId || '');
+        const seq = m ? Number(m[2]) : seen + 1;
+        if (seq <= seen) return; // had it already
+        seen = seq;
         reply.append(data.content);
         status('');
+      } else if (e.type === 'gap') {
+        if (data && Number.isInteger(data.to)) seen = Math.max(seen, data.to);
+        reply.gap = true;
       } else if (e.type === 'done') {
         ended = true;
+        if (data && data.stopped) problem = 'Stopped.';
       } else if (e.type === 'error') {
         ended = true;
         problem = (data && data.message) || 'The reply failed.';
@@ -244,47 +337,102 @@ async function send(message) {
     },
     comment(text) {
       if (text === 'ping' && reply.firstMs === null) {
-        waited = Math.round((performance.now() - reply.t0) / 1000);
+        const waited = Math.round((performance.now() - reply.t0) / 1000);
         status(`Waiting for the model… ${waited} s`);
       }
     },
-  });
+    retry(ms) { retryMs = ms; },
+  };
   status('Waiting for the model…');
-  try {
-    const r = await session.fetch('/api/chat/stream/', {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
-      body: JSON.stringify({ message, conversation_id: conversation.id }),
-      signal: controller.signal,
+  for (;;) {
+    const parser = new SSEParser(on);
+    try {
+      const r = await request(controller.signal);
+      if (r.status === 204 && (resumed || knownId !== null)) {
+        // nothing more to send: it ended and was all seen, or cannot be replayed
+        if (!ended) problem = reply.text || resumed ? LOST : 'This reply is no longer being generated.';
+        break;
+      }
+      if (!r.ok || !(r.headers.get('content-type') || '').startsWith('text/event-stream')) {
+        throw new ApiError(r.status, r.status === 204 ? 'Nothing to send.' : await reason(r));
+      }
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        parser.feed(value);
+        learn(parser.lastEventId);
+        if (ended) break;
+      }
+      if (ended) {
+        reader.cancel().catch(() => {});
+        break;
+      }
+    } catch (e) {
+      if (mine.stopped || mine.left) break;
+      if (e instanceof ApiError) {
+        problem = e.message;
+        break;
+      }
+      // the connection broke: go on below
+    }
+    if (mine.stopped || mine.left) break;
+    if (!lastId || ++failures > RECONNECTS) {
+      problem = LOST;
+      break;
+    }
+    status('Reconnecting…');
+    await sleep(failures === 1 ? 500 : retryMs, controller.signal);
+    if (mine.stopped || mine.left) break;
+    resumed = true;
+    const since = lastId;
+    request = (signal) => session.fetch('/api/chat/stream/', {
+      headers: { Accept: 'text/event-stream', 'Last-Event-ID': since }, signal,
     });
-    if (!r.ok || !(r.headers.get('content-type') || '').startsWith('text/event-stream')) {
-      throw new ApiError(r.status, r.status === 204 ? 'Nothing to send.' : await reason(r));
-    }
-    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      parser.feed(value);
-    }
-    if (!ended) problem = 'The connection was lost before the reply was finished.';
-  } catch (e) {
-    if (mine.stopped) problem = 'Stopped.';
-    else if (e instanceof ApiError) problem = e.message;
-    else problem = 'The connection was lost before the reply was finished.';
   }
-  reply.finish(problem);
-  status('');
+  if (mine.stopped) problem = 'Stopped.';
+  if (!mine.left) {
+    remember(conversation.id, null);
+    if (reply.gap && !problem) problem = 'Part of the reply could not be recovered; reopen the conversation to see all of it.';
+    reply.finish(problem);
+    status('');
+  }
   if (streaming === mine) {
     streaming = null;
     setStreaming(false);
   }
-  if (current === conversation) {
+  return !mine.left;
+}
+
+async function send(message) {
+  const conversation = current;
+  addMessage('user', message);
+  const reply = new Reply();
+  scrollDown();
+  const finished = await follow(conversation, reply, (signal) => session.fetch('/api/chat/stream/', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
+    body: JSON.stringify({ message, conversation_id: conversation.id, resumable: true }),
+    signal,
+  }));
+  if (finished && current === conversation) {
     if (conversation.title === 'New conversation') {
       conversation.title = message.trim().slice(0, 80);
       $('thread-title').textContent = conversation.title;
     }
     await loadConversations();
   }
+}
+
+// A reply the server is still generating (history says "streaming"): read
+// it from its start into a fresh message.
+async function resumeReply(conversation, messageId, stored) {
+  const reply = new Reply();
+  reply.stored = stored;
+  scrollDown();
+  await follow(conversation, reply, (signal) => session.fetch(
+    `/api/chat/stream/?resume=${encodeURIComponent(messageId)}`,
+    { headers: { Accept: 'text/event-stream' }, signal }), messageId);
 }
 
 // --- wiring ------------------------------------------------------------------
@@ -326,6 +474,8 @@ $('stop').addEventListener('click', stopStream);
 $('new-conversation').addEventListener('click', newConversation);
 $('more-conversations').addEventListener('click', () => loadConversations(true));
 $('logout').addEventListener('click', () => {
+  leaveStream();
+  sessionStorage.removeItem(ACTIVE);
   session.logout();
   showLogin();
 });

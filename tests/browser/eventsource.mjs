@@ -9,6 +9,7 @@
 //    "settle_ms": N,      // after an EventSource is CLOSED, watch this long for more requests
 //    "deadline_ms": N,    // give up on reaching CLOSED after this long
 //    "scenarios": [{"name": "...", "path": "/api/chat/stream/?ticket=...&message=..."}],
+//                         // (base may be a proxy in front of jarvas: the page's origin)
 //    "announce_open": B,  // write "ALL OPEN" on stderr once every EventSource is open
 //    "profile": DIR}      // a fresh, empty --user-data-dir (the caller removes it)
 // prints {"scenarios": [{"name", "events", "requests", "ready_state", "closed_after_ms"}]}
@@ -46,6 +47,7 @@ function open_source(path) {
   es.addEventListener('open', record('open'));
   es.addEventListener('message', record('message'));
   es.addEventListener('done', record('done'));
+  es.addEventListener('gap', record('gap'));
   es.addEventListener('error', record('error'));
   window.__source = { es, log, at, closed_at: null };
   const watch = setInterval(() => {

@@ -13,11 +13,16 @@
 //
 // Steps:
 //   login {password?}           fill the form; reports {error, chat_shown}
-//   send {text, stop_after?, shot?, peek_ms?}
+//   send {text, stop_after?, reload_after?, shot?, peek_ms?}
 //                               type and press Enter; the reply's text at each
 //                               DOM mutation (t: ms after Enter), the final text,
 //                               problem/meta notes; with stop_after, click Stop
 //                               after that many chunks ({stopped_at}: epoch ms);
+//                               with reload_after, reload the page after that
+//                               many chunks ({before_reload: the text then,
+//                               reloaded_at}) and report the reply the page
+//                               shows once it has taken it up again and it ended
+//                               (marks then: those after the reload);
 //                               shot: screenshot name prefix (mid + end);
 //                               peek_ms: the status line and waiting state then
 //   reload                      reload the page; {chat_shown, conversations}
@@ -56,8 +61,12 @@ page.on('console', (m) => { if (m.type() === 'error') seen.console_errors.push(m
 page.on('pageerror', (e) => seen.console_errors.push(String(e)));
 page.on('response', (r) => {
   const u = new URL(r.url());
-  if (u.pathname.startsWith('/api/') || r.status() >= 400)
-    seen.requests.push({ method: r.request().method(), path: u.pathname, status: r.status() });
+  if (!(u.pathname.startsWith('/api/') || r.status() >= 400)) return;
+  const entry = { method: r.request().method(), path: u.pathname, status: r.status(),
+    resume: u.searchParams.get('resume'), last_event_id: null };
+  seen.requests.push(entry);
+  r.request().allHeaders().then((h) => { entry.last_event_id = h['last-event-id'] ?? null; })
+    .catch(() => {});
 });
 
 // The DevTools protocol's view of the stream requests, as the old
@@ -151,6 +160,32 @@ const steps = {
         return { status: document.getElementById('status').textContent,
           waiting: !!reply && reply.classList.contains('waiting'),
           shown: reply ? getComputedStyle(reply.querySelector('.body'), '::after').content : null };
+      }, before);
+    }
+    if (step.reload_after) {
+      await page.waitForFunction((k) => (window.__marks || []).filter((m) => m.text).length >= k,
+        step.reload_after, { timeout: 30000 });
+      out.before_reload = await page.evaluate((n) =>
+        document.querySelectorAll('#messages .message.assistant')[n].querySelector('.body').textContent, before);
+      out.reloaded_at = Date.now();
+      await page.reload();
+      await page.waitForFunction(() => !document.getElementById('chat-view').hidden, null, { timeout: 15000 });
+      // the page opens the conversation and takes the reply up again
+      await page.waitForFunction((n) => !document.getElementById('stop').hidden &&
+        document.querySelectorAll('#messages .message.assistant').length > n, before, { timeout: 15000 });
+      await page.evaluate((n) => {
+        window.__marks = [];
+        const list = document.getElementById('messages');
+        const obs = new MutationObserver(() => {
+          const reply = list.querySelectorAll('.message.assistant')[n];
+          if (!reply) return;
+          const text = reply.querySelector('.body').textContent;
+          const last = window.__marks[window.__marks.length - 1];
+          if (!last || last.text !== text) window.__marks.push({ at: Date.now(), text });
+        });
+        obs.observe(list, { childList: true, subtree: true, characterData: true });
+        window.__obs = obs;
+        window.__enter = Date.now();
       }, before);
     }
     if (step.stop_after) {

@@ -5,7 +5,9 @@ stream ticket or ?access_token= against an upstream that fails before the
 first token: it answers an error, refuses the connection, or the responder
 dies. The message must reach the upstream once; the browser's reconnect
 must carry Last-Event-ID and get 204, and the EventSource end CLOSED, with
-no resend however long it waits past the retry time.
+no resend however long it waits past the retry time.  And (issue 12) a
+resumable stream whose connection a proxy cuts: the EventSource reconnects
+by itself and gets the rest exactly once.
 
 `make test` installs Chromium and runs `npm ci` in tests/browser; without
 /usr/bin/chromium this file says so and checks nothing."""
@@ -48,13 +50,14 @@ def skip(what):
           "chromium); nothing checked", flush=True)
 
 
-def run_browser(stack, scenarios, when_open=None):
+def run_browser(stack, scenarios, when_open=None, base=None, deadline_ms=DEADLINE_MS):
     """Run the browser script on these scenarios ([dict(name, path)]);
     {name: what the browser saw}. when_open(): called once every
-    EventSource is open (the script says so on stderr)."""
+    EventSource is open (the script says so on stderr). base: the origin
+    the browser uses (default: nginx's; e.g. a proxy in front of it)."""
     profile = tempfile.mkdtemp(prefix="jarvas-chromium-")
-    inp = dict(base=f"http://127.0.0.1:{stack.port}", settle_ms=SETTLE_MS,
-               deadline_ms=DEADLINE_MS, scenarios=scenarios,
+    inp = dict(base=base or f"http://127.0.0.1:{stack.port}", settle_ms=SETTLE_MS,
+               deadline_ms=deadline_ms, scenarios=scenarios,
                announce_open=when_open is not None, profile=profile)
     err = []
     p = subprocess.Popen(["node", str(SCRIPT), json.dumps(inp)], stdin=subprocess.DEVNULL,
@@ -240,3 +243,85 @@ def test_eventsource_sends_a_message_once_when_the_responder_dies_before_the_fir
             wrong.append(f"{s['name']}: " + "; ".join(w) + "\n    " + describe(got))
     assert not wrong, "\n".join(wrong)
     assert_no_ticket_in_logs(stack, [s["ticket"] for s, _ in cases])
+
+
+# --- issue 12: an EventSource whose connection drops resumes by itself --------------
+
+
+def test_an_eventsource_that_loses_its_connection_reconnects_and_gets_the_rest_once(stack):
+    """A resumable GET stream (access_token in the query: tickets are single
+    use) read by Chromium through a proxy that cuts the connection twice,
+    once while the model writes and once more later: each time the
+    EventSource reconnects by itself with Last-Event-ID and gets the rest.
+    All its chunks together are the upstream's text, no id twice; the
+    message went upstream once, and after done the browser's last
+    reconnect gets 204 and the EventSource ends CLOSED."""
+    if browser_ready() == "skip":
+        return skip("the EventSource checks")
+    from cutproxy import CutProxy
+    from test_stream import default_text
+
+    user = account(stack, "bresume")
+    mark, c = marker(), conv()
+    n = 80  # 8 s at 100 ms a token: the first reconnect (retry: 3 s) finds it still writing
+    message = f"cut me {mark} {fake(tokens=n, delay_ms=100)}"
+    path = STREAM + query(message=message, conversation_id=c, resumable=1,
+                          access_token=user["access"])
+    cuts = []
+
+    def sent():
+        recs = fake_requests_with(stack, mark)
+        return recs[0]["tokens_sent"] if recs else 0
+
+    with CutProxy(stack.port) as proxy:
+        def cut():  # called once the EventSource is open
+            wait_for(lambda: sent() >= 10, 20, "the first 10 tokens")
+            cuts.append(proxy.cut())
+            seen_at = proxy.accepted
+            wait_for(lambda: proxy.accepted > seen_at and sent() >= 50, 30,
+                     "the browser reconnecting and 50 tokens")
+            time.sleep(0.3)
+            cuts.append(proxy.cut())
+
+        seen = run_browser(stack, [dict(name="cut", path=path)], when_open=cut,
+                           base=f"http://127.0.0.1:{proxy.port}", deadline_ms=45000)["cut"]
+    assert all(cuts), f"nothing to cut: {cuts}"
+    chunks = [e for e in seen["events"] if e["type"] == "message"]
+    ids = [e["last_event_id"] for e in chunks]
+    wrong = []
+    if len(set(ids)) != len(ids):
+        wrong.append(f"ids came twice: {[i for i in ids if ids.count(i) > 1][:10]}")
+    seqs = [int(re.fullmatch(r"\d+:(\d+)", i or "0:0").group(1)) for i in ids]
+    if seqs != list(range(1, len(seqs) + 1)):
+        wrong.append(f"the chunks' seqs are not 1..{len(seqs)}: {seqs}")
+    text = "".join(json.loads(e["data"])["content"] for e in chunks)
+    if text != default_text(n):
+        wrong.append(f"the text is not the upstream's: {text!r}")
+    dones = [e for e in seen["events"] if e["type"] == "done"]
+    if len(dones) != 1:
+        wrong.append(f"{len(dones)} done events")
+    drops = [e for e in seen["events"] if e["type"] == "error" and not e["message_event"]]
+    if len(drops) < 3:  # two cuts and the end
+        wrong.append(f"the EventSource saw {len(drops)} connection errors, not 3")
+    reqs = seen["requests"]
+    if not reqs or reqs[0]["status"] != 200 or reqs[0]["last_event_id"] is not None:
+        wrong.append(f"the first request: {reqs[:1]}")
+    resumed = [r for r in reqs[1:] if r["status"] == 200]
+    if len(resumed) != 2 or not all(re.fullmatch(r"\d+:\d+", r["last_event_id"] or "")
+                                    for r in resumed):
+        wrong.append(f"not two reconnects with Last-Event-ID answered 200: {reqs}")
+    if not reqs or reqs[-1]["status"] != 204 or \
+            reqs[-1]["last_event_id"] != (dones[0]["last_event_id"] if dones else None):
+        wrong.append(f"the last reconnect was not the done's id answered 204: {reqs[-1:]}")
+    if seen["ready_state"] != 2:
+        wrong.append(f"the EventSource ended in readyState {seen['ready_state']}, not CLOSED")
+    recs = fake_requests_with(stack, mark)
+    if len(recs) != 1:
+        wrong.append(f"the upstream got the message {len(recs)} times")
+    elif recs[0]["client_closed"]:
+        wrong.append(f"the upstream request was closed: {recs[0]}")
+    msgs = history(stack, user, c)
+    if [(m["role"], m.get("status")) for m in msgs] != [("user", "done"), ("assistant", "done")] \
+            or msgs[1]["content"] != default_text(n):
+        wrong.append(f"history: {[(m['role'], m.get('status'), m['content'][:40]) for m in msgs]}")
+    assert not wrong, "\n".join(wrong) + "\n    " + describe(seen)

@@ -10,16 +10,21 @@ page, and, as the old deployment's own check did, through the DevTools
 protocol's network events), Stop (the model's request closed within 2 s,
 the partial reply kept), reload, switching and deleting conversations, a
 token refreshed unnoticed, hostile output shown as text, errors shown in
-place and nothing sent twice.  Screenshots go to build/test-output/page/.
+place and nothing sent twice; and (issue 12) a reply that survives a
+reload and a cut connection (through tests/integration/cutproxy.py), shown
+once, and Stop on a reply taken up again.  Screenshots go to
+build/test-output/page/.
 
 `make test` installs Chromium and runs `npm ci` in tests/browser and
 src/web; without /usr/bin/chromium these tests say so and check nothing."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from urllib.parse import quote
 
@@ -38,11 +43,12 @@ def words(text, **kw):
     return fake(text=quote(text, safe=""), **PACE, **kw)
 
 
-def run_page(stack, user, steps, timeout=150):
+def run_page(stack, user, steps, timeout=150, base=None):
     """Run page.mjs: the report of each step, in order (the last, "end",
-    holds the page's console errors).  Fails on a step that failed."""
+    holds the page's console errors).  Fails on a step that failed.
+    base: the origin the browser uses (default nginx's; e.g. a proxy)."""
     profile = tempfile.mkdtemp(prefix="jarvas-chromium-")
-    inp = dict(base=f"http://127.0.0.1:{stack.port}", username=user["name"],
+    inp = dict(base=base or f"http://127.0.0.1:{stack.port}", username=user["name"],
                password=user["password"], profile=profile, out=str(SHOTS), steps=steps)
     try:
         p = subprocess.run(["node", str(SCRIPT), json.dumps(inp)], stdin=subprocess.DEVNULL,
@@ -281,3 +287,115 @@ def test_errors_show_in_place_and_nothing_is_sent_twice(stack, case):
     assert len(fake_requests_with(stack, mark)) == 1, fake_requests_with(stack, mark)
     streams = [r for r in send["requests"] + wait["requests"] if r["path"] == "/api/chat/stream/"]
     assert len(streams) == 1, streams
+
+
+# --- issue 12: a reply survives a reload and a dropped connection --------------------
+
+
+def stream_requests(step):
+    return [r for r in step["requests"] if r["path"] == "/api/chat/stream/"]
+
+
+def test_a_reload_mid_reply_takes_the_reply_up_again_in_place(stack):
+    if not ready():
+        return skip("the chat page")
+    user = account(stack, "pagereload")
+    mark = marker()
+    reply = " ".join(f"word{i}" for i in range(40))  # 6 s at 150 ms a word
+    login, send, end = run_page(stack, user, [
+        dict(do="login"),
+        dict(do="send", text=f"survive a reload {mark} " + words(reply), reload_after=4),
+    ])
+    assert send["before_reload"].strip() and reply.startswith(send["before_reload"].strip()), send
+    # the whole reply, once: not the part before the reload twice
+    assert text_of(send) == reply, (text_of(send), reply)
+    assert send["problem"] is None, send
+    streams = stream_requests(send)
+    assert [(r["method"], r["status"]) for r in streams] == [("POST", 200), ("GET", 200)], streams
+    (rec,) = fake_requests_with(stack, mark)  # sent upstream once
+    assert not rec["client_closed"] and rec["finished"], rec
+    mid = streams[1]["resume"]
+    assert mid and mid.isdigit(), streams
+    r = stack.request("GET", "/api/chat/conversations/", token=user["access"])
+    (c,) = r.json()["conversations"]
+    msgs = history(stack, user, c["conversation_id"])
+    assert [(m["role"], m.get("status")) for m in msgs] == [("user", "done"), ("assistant", "done")]
+    assert msgs[1]["content"] == reply and msgs[1]["id"] == int(mid), msgs
+    assert not end["console_errors"], end["console_errors"]
+
+
+def test_a_dropped_connection_mid_reply_is_resumed_in_place(stack):
+    """The page through a proxy that cuts its connections while the reply
+    streams: the page reconnects with Last-Event-ID and goes on."""
+    if not ready():
+        return skip("the chat page")
+    from cutproxy import CutProxy
+
+    user = account(stack, "pagecut")
+    mark = marker()
+    reply = " ".join(f"piece{i}" for i in range(40))
+    problems = []
+
+    def sent():
+        recs = fake_requests_with(stack, mark)
+        return recs[0]["tokens_sent"] if recs else 0
+
+    with CutProxy(stack.port) as proxy:
+        def cutter():
+            try:
+                wait_for(lambda: sent() >= 8, 60, "the first 8 words")
+                if not proxy.cut():
+                    problems.append("no connection to cut")
+            except AssertionError as e:
+                problems.append(str(e))
+
+        t = threading.Thread(target=cutter, daemon=True)
+        t.start()
+        login, send, end = run_page(stack, user, [
+            dict(do="login"),
+            dict(do="send", text=f"survive a cut {mark} " + words(reply)),
+        ], base=f"http://127.0.0.1:{proxy.port}")
+        t.join(5)
+    assert not problems, problems
+    assert text_of(send) == reply, (text_of(send), reply)
+    assert send["problem"] is None, send
+    streams = stream_requests(send)
+    assert len(streams) >= 2 and streams[0]["method"] == "POST", streams
+    again = streams[1]
+    m = re.fullmatch(r"\d+:(\d+)", again["last_event_id"] or "")
+    assert again["method"] == "GET" and again["status"] == 200 and m and int(m.group(1)) >= 1, \
+        streams
+    assert len(fake_requests_with(stack, mark)) == 1
+    # texts seen grow, never shrink or repeat a piece
+    texts = [m["text"].strip() for m in send["marks"]]
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:])), texts
+
+
+def test_stop_after_a_reload_stops_the_reply_taken_up(stack):
+    """Stop calls POST /api/chat/stop/: the model stops even though the
+    page reads a reply it took up again (its own request long gone)."""
+    if not ready():
+        return skip("the chat page")
+    user = account(stack, "pagestop2")
+    mark = marker()
+    long = " ".join(f"word{i}" for i in range(100))
+    login, send, end = run_page(stack, user, [
+        dict(do="login"),
+        dict(do="send", text=f"reload then stop {mark} " + words(long), reload_after=3,
+             stop_after=3),
+    ])
+    assert send["problem"] == "Stopped.", send
+    rec = wait_for(lambda: [r for r in fake_requests_with(stack, mark) if r.get("closed_at")],
+                   10, "the fake seeing the request closed")[0]
+    late = rec["closed_at"] - send["stopped_at"]
+    assert rec["client_closed"] and late <= 2000, f"closed {late} ms after Stop: {rec}"
+    assert rec["tokens_sent"] < 100, rec
+    stops = [r for r in send["requests"] if r["path"] == "/api/chat/stop/"]
+    assert [r["status"] for r in stops] == [200], send["requests"]
+    shown = text_of(send)
+    r = stack.request("GET", "/api/chat/conversations/", token=user["access"])
+    (c,) = r.json()["conversations"]
+    msgs = history(stack, user, c["conversation_id"])
+    assert msgs[1]["status"] == "stopped", msgs
+    assert msgs[1]["content"].startswith(shown) and long.startswith(msgs[1]["content"]), \
+        (shown, msgs[1]["content"])
