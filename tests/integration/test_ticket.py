@@ -183,7 +183,15 @@ def test_a_ticket_streams_once_as_its_issuer(stack):
     message = f"ticketed {mark} {fake(tokens=3)}"
     s = parse_stream(with_ticket(stack, ticket, message, c), c)
     assert pairs(history(stack, user, c)) == [("user", message), ("assistant", s["text"])]
-    assert ticket_rows(stack, user) == [], "a spent ticket stayed in the table"
+    # Spent, kept until it expires for the client's reconnects (issue 12):
+    # those get the rest of the reply, with the same ids, and spend nothing.
+    assert stack.sqlite("SELECT spent FROM stream_tickets WHERE user_id = ?",
+                        (user["user_id"],)) == [(1,)]
+    rest = with_ticket(stack, ticket, message, c, headers={"Last-Event-ID": f"{s['message_id']}:1"})
+    assert rest.status == 200, rest.body
+    assert "".join(e["data"]["content"] for e in rest if e["event"] == "message") == \
+        s["text"][len(s["chunks"][0]["data"]["content"]):]
+    assert [e["id"] for e in rest if e["event"] == "message"][0] == f"{s['message_id']}:2"
     # Used: the second time is a 401 and reaches nothing.
     again = with_ticket(stack, ticket, f"again {mark} {fake(tokens=3)}", c)
     assert_refused(again)
