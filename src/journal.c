@@ -22,22 +22,6 @@
 
 static int streams_fd = -1;
 
-int journal_init(void)
-{
-	if (streams_fd >= 0)
-		return 0;
-	if (mkdir(config.streams_dir, 0700) < 0 && errno != EEXIST) {
-		log_error("cannot create %s: %s", config.streams_dir, strerror(errno));
-		return -1;
-	}
-	streams_fd = open(config.streams_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (streams_fd < 0) {
-		log_error("cannot open %s: %s", config.streams_dir, strerror(errno));
-		return -1;
-	}
-	return 0;
-}
-
 /* A lock on one byte of `lock` (type F_WRLCK, F_RDLCK): 0 or -1. */
 static int lock_byte(int fd, short type, off_t byte)
 {
@@ -55,6 +39,71 @@ static int byte_locked(int fd, short type, off_t byte)
 	if (fcntl(fd, F_OFD_GETLK, &l) < 0)
 		return -1;
 	return l.l_type != F_UNLCK;
+}
+
+/* Journals whose writer is gone (a process that died): removed when a
+ * chat_stream starts.  A live writer holds its lock, so another process's
+ * journal is never touched. */
+static void remove_stale(void)
+{
+	char path[96];
+	struct dirent *e;
+	DIR *d;
+	int dfd = dup(streams_fd);
+
+	if (dfd < 0 || !(d = fdopendir(dfd))) {
+		if (dfd >= 0)
+			close(dfd);
+		return;
+	}
+	while ((e = readdir(d)) != NULL) {
+		int lock, fd;
+		DIR *segs;
+		struct dirent *s;
+
+		if (e->d_name[0] < '1' || e->d_name[0] > '9' ||
+		    strspn(e->d_name, "0123456789") != strlen(e->d_name) || strlen(e->d_name) > 20)
+			continue;
+		snprintf(path, sizeof path, "%s/lock", e->d_name);
+		lock = openat(streams_fd, path, O_RDONLY | O_CLOEXEC);
+		if (lock < 0)
+			continue;
+		if (byte_locked(lock, F_RDLCK, 0) != 0) { /* a writer lives (or cannot tell) */
+			close(lock);
+			continue;
+		}
+		close(lock);
+		fd = openat(streams_fd, e->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0 || !(segs = fdopendir(fd))) {
+			if (fd >= 0)
+				close(fd);
+			continue;
+		}
+		while ((s = readdir(segs)) != NULL)
+			if (s->d_name[0] != '.')
+				unlinkat(dirfd(segs), s->d_name, 0);
+		closedir(segs);
+		if (unlinkat(streams_fd, e->d_name, AT_REMOVEDIR) == 0)
+			log_info("removed the journal of message %s: its process is gone", e->d_name);
+	}
+	closedir(d);
+}
+
+int journal_init(void)
+{
+	if (streams_fd >= 0)
+		return 0;
+	if (mkdir(config.streams_dir, 0700) < 0 && errno != EEXIST) {
+		log_error("cannot create %s: %s", config.streams_dir, strerror(errno));
+		return -1;
+	}
+	streams_fd = open(config.streams_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (streams_fd < 0) {
+		log_error("cannot open %s: %s", config.streams_dir, strerror(errno));
+		return -1;
+	}
+	remove_stale();
+	return 0;
 }
 
 /* --- the writer ----------------------------------------------------------- */

@@ -356,8 +356,8 @@ def test_a_scrape_folds_the_counters_of_a_dead_process_exactly_once(stack):
 class HeldChat:
     """POST /api/chat/ on a connection of its own, answered or left later."""
 
-    def __init__(self, stack, token, content, **kw):
-        body = {"message": steered(content, **kw)}
+    def __init__(self, stack, token, content, conversation_id="default", **kw):
+        body = {"message": steered(content, **kw), "conversation_id": conversation_id}
         raw = harness._build_request(stack.port, "POST", "/api/chat/", None, body, None,
                                      token, None)
         self.sock = socket.create_connection(("127.0.0.1", stack.port), timeout=60)
@@ -381,10 +381,11 @@ def test_chats_in_progress_per_user_are_capped_across_processes(stack):
     name, pw = stack.user("chatcap")
     access, _ = stack.login(name, pw)
     other_access, _ = stack.login(*stack.user("chatcap_other"))
-    # Two chats in progress: one the model takes ~10 s over, one it never answers.
-    slow = HeldChat(stack, access, "slow one", tokens=4, delay_ms=2000)
+    # Two chats in progress: one the model takes ~10 s over, one it never
+    # answers; each in its own conversation (one generation per conversation).
+    slow = HeldChat(stack, access, "slow one", "slow", tokens=4, delay_ms=2000)
     wait_for(lambda: fake_saw(stack, "slow one"), 20, "the slow chat upstream")
-    hung = HeldChat(stack, access, "hung one", hang=1)
+    hung = HeldChat(stack, access, "hung one", "hung", hang=1)
     wait_for(lambda: fake_saw(stack, "hung one"), 20, "the hung chat upstream")
     try:
         # The third is refused before anything is stored or sent upstream.
