@@ -136,14 +136,16 @@ END;
 --   failed       the model failed (error says how) or the reply was too long
 --   interrupted  the client left (and no reconnect came within the grace),
 --                or the server restarted
--- User messages are 'done'.  chunk_ends holds, per SSE chunk the reply was
--- sent in, where it ends in content (4-byte little-endian byte offsets), so
--- a client reconnecting after the end gets the rest in the same events.
+-- User messages are 'done'.  chunks holds the length in bytes of each SSE
+-- chunk a resumable reply was sent in, in order, each an unsigned LEB128
+-- number (one byte for most tokens), so a client reconnecting after the
+-- end gets the rest in the same events (NULL for other replies: replayed
+-- from the start as one chunk).
 ALTER TABLE messages ADD COLUMN status TEXT NOT NULL DEFAULT 'done'
     CHECK (status IN ('streaming', 'done', 'stopped', 'failed', 'interrupted'));
 ALTER TABLE messages ADD COLUMN prompt_tokens INTEGER;      -- the upstream's counters,
 ALTER TABLE messages ADD COLUMN completion_tokens INTEGER;  -- NULL when it sent none
-ALTER TABLE messages ADD COLUMN chunk_ends BLOB;
+ALTER TABLE messages ADD COLUMN chunks BLOB;
 ALTER TABLE messages ADD COLUMN error TEXT;                 -- why a 'failed' reply failed
 UPDATE messages SET status = 'interrupted' WHERE complete = 0;
 

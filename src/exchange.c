@@ -3,7 +3,6 @@
  */
 #include "exchange.h"
 
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,7 +24,7 @@ static void exchange_zero(struct exchange *ex, struct request *r)
 	ex->stream_slot = -1;
 	buf_init(&ex->message, config.message_max);
 	buf_init(&ex->reply, 64u << 20);
-	buf_init(&ex->ends, 4u << 20); /* a million pieces */
+	buf_init(&ex->chunks, 4u << 20); /* a million pieces at least */
 	prompt_init(&ex->prompt);
 }
 
@@ -288,40 +287,34 @@ int exchange_begin(struct exchange *ex, struct request *r, int from_query, int s
 
 int exchange_append_reply(struct exchange *ex, const char *text, size_t n)
 {
-	unsigned char end[4];
-	uint32_t len;
-
 	if (buf_append(&ex->reply, text, n) != BUF_OK) {
 		log_warn("reply of message %lld over %zu bytes; stopping", ex->message_id,
 			 ex->reply.max);
 		ex->reply_cut = 1;
 		return -1;
 	}
-	len = (uint32_t)ex->reply.len; /* the reply's cap is below 4 GiB */
-	end[0] = (unsigned char)len;
-	end[1] = (unsigned char)(len >> 8);
-	end[2] = (unsigned char)(len >> 16);
-	end[3] = (unsigned char)(len >> 24);
-	if (!ex->ends_lost && buf_append(&ex->ends, end, sizeof end) != BUF_OK)
-		ex->ends_lost = 1;
+	/* Only a resumable reply's: another's client has all that was stored
+	 * when it left, so its reconnects have nothing to cut in chunks (and
+	 * each stream keeps a little less memory). */
+	if (ex->resumable && !ex->chunks_lost && history_chunk_put(&ex->chunks, n) < 0)
+		ex->chunks_lost = 1;
 	return 0;
-}
-
-static uint32_t end_at(const struct exchange *ex, size_t i)
-{
-	const unsigned char *e = (const unsigned char *)ex->ends.data + 4 * i;
-
-	return (uint32_t)e[0] | (uint32_t)e[1] << 8 | (uint32_t)e[2] << 16 | (uint32_t)e[3] << 24;
 }
 
 void exchange_truncate_reply(struct exchange *ex, size_t n)
 {
+	const unsigned char *p = (const unsigned char *)ex->chunks.data, *kept = p;
+	const unsigned char *end = p + ex->chunks.len;
+	size_t len, sum = 0;
+
 	if (n < ex->reply.len) {
 		ex->reply.len = n;
 		ex->reply.data[n] = '\0';
 	}
-	while (ex->ends.len >= 4 && end_at(ex, ex->ends.len / 4 - 1) > n)
-		ex->ends.len -= 4;
+	/* The chunks that end within n stay (n is on a chunk's end). */
+	while (history_chunk_next(&p, end, &len) == 1 && (sum += len) <= n)
+		kept = p;
+	ex->chunks.len = (size_t)(kept - (const unsigned char *)ex->chunks.data);
 }
 
 static int collect(void *ctx, const char *text, size_t n)
@@ -417,8 +410,8 @@ int exchange_store(struct exchange *ex, const char *status, const char *error)
 		.status = status,
 		.prompt_tokens = ex->result.prompt_eval_count,
 		.completion_tokens = ex->result.eval_count,
-		.chunk_ends = ex->ends_lost ? NULL : ex->ends.data,
-		.chunk_ends_len = ex->ends.len,
+		.chunks = ex->chunks_lost ? NULL : ex->chunks.data,
+		.chunks_len = ex->chunks.len,
 		.error = error,
 	};
 	struct db *d;
@@ -427,9 +420,9 @@ int exchange_store(struct exchange *ex, const char *status, const char *error)
 	if (!ex->reserved)
 		return 0; /* never started: nothing was written */
 	if (ex->reply.len == 0)
-		rep.chunk_ends = NULL;
-	if (!rep.chunk_ends)
-		rep.chunk_ends_len = 0;
+		rep.chunks = NULL;
+	if (!rep.chunks)
+		rep.chunks_len = 0;
 	d = db_acquire();
 	if (!d)
 		return -1;
@@ -478,5 +471,5 @@ void exchange_end(struct exchange *ex)
 	prompt_free(&ex->prompt);
 	buf_free(&ex->message);
 	buf_free(&ex->reply);
-	buf_free(&ex->ends);
+	buf_free(&ex->chunks);
 }

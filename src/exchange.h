@@ -38,10 +38,10 @@ struct exchange {
 	int reserved;	      /* the ids above are set */
 	int user_stored;      /* the user message is in history already (streams) */
 	struct buf reply;     /* everything sent on to the client */
-	/* Where each piece of the reply ends in it (uint32_t, little-endian):
-	 * the chunks a reconnecting client is sent again (history.h). */
-	struct buf ends;
-	int ends_lost; /* past ends' cap: not stored */
+	/* The length of each piece of a resumable reply (history_chunk_put()):
+	 * the chunks a reconnecting client is sent again. */
+	struct buf chunks;
+	int chunks_lost; /* past the cap: not stored */
 	struct upstream_result result;
 	int reply_cut;	   /* the reply outgrew ex->reply's cap: the model was stopped */
 	int stream_slot;   /* limits slot held (a stream's or a chat's), or -1 */

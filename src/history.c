@@ -212,8 +212,8 @@ static void bind_reply(sqlite3_stmt *st, const struct history_reply *rep)
 		sqlite3_bind_int64(st, 7, rep->prompt_tokens);
 	if (rep->completion_tokens >= 0)
 		sqlite3_bind_int64(st, 8, rep->completion_tokens);
-	if (rep->chunk_ends)
-		sqlite3_bind_blob(st, 9, rep->chunk_ends, (int)rep->chunk_ends_len, SQLITE_STATIC);
+	if (rep->chunks)
+		sqlite3_bind_blob(st, 9, rep->chunks, (int)rep->chunks_len, SQLITE_STATIC);
 	if (rep->error)
 		sqlite3_bind_text(st, 10, rep->error, -1, SQLITE_STATIC);
 }
@@ -223,7 +223,7 @@ int history_store(struct db *d, long long user_id, const char *conversation, lon
 {
 	static const char sql[] = "INSERT INTO messages (id, user_id, conversation_id, role, "
 				  "content, status, complete, "
-				  "prompt_tokens, completion_tokens, chunk_ends, error) "
+				  "prompt_tokens, completion_tokens, chunks, error) "
 				  "VALUES (?1, ?2, ?3, 'assistant', ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 	sqlite3_stmt *st;
 
@@ -259,13 +259,13 @@ int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, 
 	static const char sql_final[] =
 		"INSERT INTO messages (id, user_id, conversation_id, role, content, status, "
 		"complete, "
-		"prompt_tokens, completion_tokens, chunk_ends, error) "
+		"prompt_tokens, completion_tokens, chunks, error) "
 		"SELECT ?1, ?2, ?3, 'assistant', ?4, ?5, ?6, ?7, ?8, ?9, ?10 WHERE EXISTS "
 		"(SELECT 1 FROM messages WHERE id = ?11 AND user_id = ?2 AND role = 'user') "
 		"ON CONFLICT (id) DO UPDATE SET content = excluded.content, "
 		"status = excluded.status, complete = excluded.complete, "
 		"prompt_tokens = excluded.prompt_tokens, completion_tokens = "
-		"excluded.completion_tokens, chunk_ends = excluded.chunk_ends, error = "
+		"excluded.completion_tokens, chunks = excluded.chunks, error = "
 		"excluded.error";
 	static const char sql_partial[] =
 		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete, "
@@ -285,6 +285,40 @@ int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, 
 		bind_reply(st, rep);
 	sqlite3_bind_int64(st, 11, user_msg_id);
 	return step_done(st);
+}
+
+int history_chunk_put(struct buf *b, size_t len)
+{
+	unsigned char v[10];
+	size_t n = 0;
+
+	do {
+		v[n] = (unsigned char)(len & 0x7f);
+		len >>= 7;
+		if (len)
+			v[n] |= 0x80;
+		n++;
+	} while (len);
+	return buf_append(b, v, n) == BUF_OK ? 0 : -1;
+}
+
+int history_chunk_next(const unsigned char **p, const unsigned char *end, size_t *len)
+{
+	size_t v = 0;
+	int shift;
+
+	if (*p >= end)
+		return 0;
+	for (shift = 0; *p < end && shift < 35; shift += 7) {
+		unsigned char c = *(*p)++;
+
+		v |= (size_t)(c & 0x7f) << shift;
+		if (!(c & 0x80)) {
+			*len = v;
+			return 1;
+		}
+	}
+	return -1;
 }
 
 /* A copy of column i's bytes (NUL-terminated), or NULL. */
@@ -308,7 +342,7 @@ int history_get_reply(struct db *d, long long user_id, long long message_id,
 		      struct history_stored *out)
 {
 	static const char sql[] =
-		"SELECT conversation_id, status, content, chunk_ends, error, prompt_tokens, "
+		"SELECT conversation_id, status, content, chunks, error, prompt_tokens, "
 		"completion_tokens FROM messages WHERE id = ?1 AND user_id = ?2 AND role = "
 		"'assistant'";
 	sqlite3_stmt *st = db_stmt(d, sql);
@@ -328,7 +362,7 @@ int history_get_reply(struct db *d, long long user_id, long long message_id,
 		snprintf(out->status, sizeof out->status, "%s", status ? status : "done");
 		out->text = column_copy(st, 2, &out->len);
 		if (sqlite3_column_type(st, 3) == SQLITE_BLOB)
-			out->chunk_ends = column_copy(st, 3, &out->chunk_ends_len);
+			out->chunks = column_copy(st, 3, &out->chunks_len);
 		if (sqlite3_column_type(st, 4) != SQLITE_NULL)
 			out->error = column_copy(st, 4, NULL);
 		out->prompt_tokens = sqlite3_column_type(st, 5) == SQLITE_NULL
@@ -350,10 +384,10 @@ int history_get_reply(struct db *d, long long user_id, long long message_id,
 void history_stored_free(struct history_stored *s)
 {
 	free(s->text);
-	free(s->chunk_ends);
+	free(s->chunks);
 	free(s->error);
 	s->text = s->error = NULL;
-	s->chunk_ends = NULL;
+	s->chunks = NULL;
 }
 
 int history_forget(struct db *d, long long user_id, long long user_msg_id, long long reply_id)

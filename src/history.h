@@ -14,6 +14,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "buf.h"
 #include "db.h"
 
 #define CONVERSATION_ID_MAX 64
@@ -51,8 +52,8 @@ struct history_reply {
 	size_t len;
 	const char *status;			    /* "done", "stopped", "failed", "interrupted" */
 	long long prompt_tokens, completion_tokens; /* -1: the upstream sent none */
-	const void *chunk_ends;			    /* NULL: not known */
-	size_t chunk_ends_len;			    /* bytes */
+	const void *chunks;			    /* NULL: not known */
+	size_t chunks_len;			    /* bytes */
 	const char *error;			    /* NULL: none */
 };
 
@@ -79,14 +80,20 @@ int history_store_message(struct db *d, long long id, long long user_id, const c
 int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, long long user_id,
 		       const char *conversation, const struct history_reply *reply, int partial);
 
+/* The chunks column: each chunk's length as an unsigned LEB128 number.
+ * Append one (0 or -1), or read the next at *p before end (1 with *len,
+ * *p moved on; 0 at the end; -1 malformed). */
+int history_chunk_put(struct buf *b, size_t len);
+int history_chunk_next(const unsigned char **p, const unsigned char *end, size_t *len);
+
 /* A stored reply, for a client that reconnects (stream.c). */
 struct history_stored {
 	char conversation[CONVERSATION_ID_MAX + 1];
 	char status[16];
 	char *text; /* owned, like the two below */
 	size_t len;
-	unsigned char *chunk_ends; /* NULL: not known */
-	size_t chunk_ends_len;
+	unsigned char *chunks; /* NULL: not known */
+	size_t chunks_len;
 	char *error;				    /* NULL: none */
 	long long prompt_tokens, completion_tokens; /* -1: none */
 };

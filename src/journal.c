@@ -84,7 +84,8 @@ static void remove_stale(void)
 				unlinkat(dirfd(segs), s->d_name, 0);
 		closedir(segs);
 		if (unlinkat(streams_fd, e->d_name, AT_REMOVEDIR) == 0)
-			log_info("removed the journal of message %s: its process is gone", e->d_name);
+			log_info("removed the journal of message %s: its process is gone",
+				 e->d_name);
 	}
 	closedir(d);
 }

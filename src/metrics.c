@@ -50,6 +50,11 @@ static const char *const upstream_error_names[METRICS_UE_COUNT] = {
 	"connect", "http_status", "error_line", "malformed", "cut", "timeout", "other",
 };
 
+const char *metrics_upstream_error_name(enum metrics_upstream_error kind)
+{
+	return (unsigned)kind < METRICS_UE_COUNT ? upstream_error_names[kind] : "other";
+}
+
 /* Upper bounds in milliseconds; one more bucket for +Inf. */
 static const double first_chunk_bounds[] = {1,	 2.5, 5,    10,	  25,	50,    100,
 					    250, 500, 1000, 2000, 5000, 10000, 30000};

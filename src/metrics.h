@@ -99,6 +99,8 @@ void metrics_stream_duration(double ms);
 void metrics_active_streams(int delta);
 void metrics_cache(int hit);
 void metrics_upstream_error(enum metrics_upstream_error kind);
+/* Its label ("connect", "timeout", ...), also for log lines. */
+const char *metrics_upstream_error_name(enum metrics_upstream_error kind);
 void metrics_client_abort(void);
 
 /* Prometheus text exposition of the sum over all processes. */

@@ -715,8 +715,12 @@ static void settle(struct stream *s)
 	buf_free(&ev);
 	if (fcgi_wire_end(&s->tail, s->request_id) < 0)
 		buf_reset(&s->tail);
-	snprintf(s->note, sizeof s->note, "outcome=%s message_id=%lld%s", outcome, ex->message_id,
-		 s->resumable ? " resumable=1" : "");
+	snprintf(s->note, sizeof s->note, "outcome=%s%s%s message_id=%lld%s", outcome,
+		 ex->result.outcome == UPSTREAM_FAILED ? " upstream_error=" : "",
+		 ex->result.outcome == UPSTREAM_FAILED
+			 ? metrics_upstream_error_name(ex->result.kind)
+			 : "",
+		 ex->message_id, s->resumable ? " resumable=1" : "");
 }
 
 /* A reply as far as its client has been sent it, for history while the

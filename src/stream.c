@@ -66,39 +66,48 @@ static int parse_event_id(const char *v, long long *message_id, int *seq)
 	return 0;
 }
 
-/* The little-endian uint32 end of chunk i. */
-static size_t chunk_end(const struct history_stored *h, size_t i)
+/* The number of chunks a stored reply was sent in, or -1 when its
+ * record does not add up to its text. */
+static long count_chunks(const struct history_stored *h)
 {
-	const unsigned char *e = h->chunk_ends + 4 * i;
+	const unsigned char *p = h->chunks, *end = p + h->chunks_len;
+	size_t len, sum = 0;
+	long n = 0;
+	int rc;
 
-	return (size_t)e[0] | (size_t)e[1] << 8 | (size_t)e[2] << 16 | (size_t)e[3] << 24;
+	while ((rc = history_chunk_next(&p, end, &len)) == 1 && len <= h->len - sum) {
+		sum += len;
+		n++;
+	}
+	return rc == 0 && sum == h->len ? n : -1;
 }
 
 /* A stored reply, from the event after seq: its chunks as they were sent
- * (or, without their ends recorded, the whole text as one chunk to a
+ * (or, without their lengths recorded, the whole text as one chunk to a
  * client that saw none), then its end.  Written by this worker. */
 static void replay_stored(struct request *r, long long id, int seq, const struct history_stored *h)
 {
-	size_t n = h->chunk_ends ? h->chunk_ends_len / 4 : (h->len > 0 ? 1 : 0), i, from;
+	const unsigned char *p = h->chunks, *end = p + h->chunks_len;
+	long n = h->chunks ? count_chunks(h) : (h->len > 0 ? 1 : 0), i;
+	size_t from = 0, len = h->len;
 	struct upstream_result res;
 	struct buf ev;
 	int rc = 0;
 
-	if ((!h->chunk_ends && h->len > 0 && seq > 0) || (size_t)seq > n) {
+	if (n < 0 || (!h->chunks && h->len > 0 && seq > 0) || seq > n) {
 		resp_no_content(r); /* nothing left, or not known what is */
 		return;
 	}
 	if (sse_start(r, id, seq, "resumed") < 0)
 		return;
 	buf_init(&ev, 64u << 20);
-	for (i = (size_t)seq; i < n && rc == 0; i++) {
-		size_t to = h->chunk_ends ? chunk_end(h, i) : h->len;
-
-		from = i == 0 ? 0 : chunk_end(h, i - 1);
-		if (to > h->len || from > to) /* not what was stored: say so */
-			break;
+	for (i = 0; i < n && rc == 0; i++, from += len) {
+		if (h->chunks)
+			history_chunk_next(&p, end, &len); /* count_chunks() checked them */
+		if (i < seq)
+			continue; /* the client has it */
 		buf_reset(&ev);
-		rc = sse_chunk(&ev, id, (int)i + 1, h->text + from, to - from) < 0 ||
+		rc = sse_chunk(&ev, id, (int)i + 1, h->text + from, len) < 0 ||
 				     resp_write(r, ev.data, ev.len) < 0
 			     ? -1
 			     : 0;

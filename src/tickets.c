@@ -74,8 +74,8 @@ static int ticket_store(struct db *d, long long user_id, const unsigned char *ha
 			long long expires, long *wait_s)
 {
 	static const char sql_purge[] = "DELETE FROM stream_tickets WHERE expires_at <= ?1";
-	static const char sql_count[] =
-		"SELECT count(*), min(expires_at) FROM stream_tickets WHERE user_id = ?1 AND spent = 0";
+	static const char sql_count[] = "SELECT count(*), min(expires_at) FROM stream_tickets "
+					"WHERE user_id = ?1 AND spent = 0";
 	static const char sql_insert[] =
 		"INSERT INTO stream_tickets (hash, user_id, expires_at) VALUES (?1, ?2, ?3)";
 	long long n = 0, oldest = 0;

@@ -181,13 +181,14 @@ def test_a_ticket_streams_once_as_its_issuer(stack):
     c, mark = conv(), marker()
     ticket = issue(stack, user)
     message = f"ticketed {mark} {fake(tokens=3)}"
-    s = parse_stream(with_ticket(stack, ticket, message, c), c)
+    s = parse_stream(with_ticket(stack, ticket, message, c, resumable="1"), c)
     assert pairs(history(stack, user, c)) == [("user", message), ("assistant", s["text"])]
     # Spent, kept until it expires for the client's reconnects (issue 12):
     # those get the rest of the reply, with the same ids, and spend nothing.
     assert stack.sqlite("SELECT spent FROM stream_tickets WHERE user_id = ?",
                         (user["user_id"],)) == [(1,)]
-    rest = with_ticket(stack, ticket, message, c, headers={"Last-Event-ID": f"{s['message_id']}:1"})
+    rest = with_ticket(stack, ticket, message, c, resumable="1",
+                       headers={"Last-Event-ID": f"{s['message_id']}:1"})
     assert rest.status == 200, rest.body
     assert "".join(e["data"]["content"] for e in rest if e["event"] == "message") == \
         s["text"][len(s["chunks"][0]["data"]["content"]):]

@@ -4,6 +4,7 @@
 
 #include "check.h"
 #include "fcgi_wire.h"
+#include "history.h"
 #include "ndjson.h"
 #include "request.h"
 #include "sse.h"
@@ -427,8 +428,36 @@ static void test_decode_body(void)
 	buf_free(&big);
 }
 
+/* The chunks column: lengths as LEB128, read back in order. */
+static void test_chunk_lengths(void)
+{
+	static const size_t lens[] = {0, 1, 127, 128, 300, 16383, 16384, 4u << 20, 64u << 20};
+	const unsigned char *p, *end;
+	struct buf b;
+	size_t i, len;
+
+	buf_init(&b, 1024);
+	for (i = 0; i < sizeof lens / sizeof lens[0]; i++)
+		CHECK(history_chunk_put(&b, lens[i]) == 0);
+	CHECK(b.len == 1 + 1 + 1 + 2 + 2 + 2 + 3 + 4 + 4);
+	p = (const unsigned char *)b.data;
+	end = p + b.len;
+	for (i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+		CHECK(history_chunk_next(&p, end, &len) == 1);
+		CHECK(len == lens[i]);
+	}
+	CHECK(history_chunk_next(&p, end, &len) == 0);
+	/* Cut inside a number, or a number that never ends: malformed. */
+	p = (const unsigned char *)"\x80";
+	CHECK(history_chunk_next(&p, p + 1, &len) == -1);
+	p = (const unsigned char *)"\xff\xff\xff\xff\xff\xff";
+	CHECK(history_chunk_next(&p, p + 6, &len) == -1);
+	buf_free(&b);
+}
+
 int main(void)
 {
+	test_chunk_lengths();
 	test_url_decode();
 	test_form_lookup();
 	test_ndjson();
