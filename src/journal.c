@@ -46,7 +46,7 @@ static int byte_locked(int fd, short type, off_t byte)
  * journal is never touched. */
 static void remove_stale(void)
 {
-	char path[96];
+	char path[sizeof((struct dirent *)0)->d_name + 8];
 	struct dirent *e;
 	DIR *d;
 	int dfd = dup(streams_fd);

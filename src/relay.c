@@ -10,11 +10,16 @@
  * nginx instead of one per line.  What the socket does not take waits for
  * EPOLLOUT.
  *
+ * A resumable stream's chunk is formatted once into relay.scratch, queued
+ * to its journal (written with one write() at the end of the turn, like
+ * `out`) and, while its client is there, to `out`.
+ *
  * A stream's states, in order: STREAMING (its transfer is in the multi
  * handle), STORING (a store thread has it), CLOSING (its last bytes are
- * being written).  The loop thread owns a stream's socket side (fd, `out`,
- * epoll) throughout; while STORING a store thread owns its exchange and
- * `tail`, and client_gone, which both read, is atomic.  Streams pass
+ * being written); a follower is FOLLOWING, then CLOSING.  The loop thread
+ * owns a stream's socket side (fd, `out`, epoll) throughout; while STORING
+ * a store thread owns its exchange, `tail` and journal (to_store() wrote
+ * what was queued), and client_gone, which both read, is atomic.  Streams pass
  * between the threads through the queues guarded by relay.lock.
  *
  * History: the user message is stored before the stream reaches the

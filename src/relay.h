@@ -13,13 +13,23 @@
  * may block; the loop must not) and the loop writes the last event and
  * ends the request.
  *
+ * A resumable stream (the client asked) also writes every event to its
+ * journal (journal.h); its client may leave and the model goes on while
+ * someone reads the journal, or for config.detach_grace.  A client that
+ * reconnects becomes a follower (relay_follow()): a stream without a
+ * model, fed from the journal as it grows (inotify), in whichever process
+ * nginx sent it to.  A stop request (a file in streams/, inotify) aborts
+ * the generation it names, if it is this process's.
+ *
  * Invariant: every stream accepted by relay_submit() ends with its
  * exchange stored as its client saw it (the user message already is; the
- * reply as far as it was sent, saved every few seconds while it grows; no
- * text: nothing kept), its last event written (if the
- * client is still there), its request ended, logged and counted, and its
- * reservation released — also when the process stops (the stream then
- * ends with "The server is restarting").
+ * reply as far as it was sent, or all of it when resumable, saved every
+ * few seconds while it grows; no text: nothing kept, unless stopped) and
+ * its final status, its last event written (to the client if it is
+ * still there, and to the journal), its request ended, logged and
+ * counted, and its reservation released — also when the process stops
+ * (the stream then ends with "The server is restarting").  A follower
+ * ends with the journal's end, or an error when the journal was cut off.
  */
 #ifndef JARVAS_RELAY_H
 #define JARVAS_RELAY_H
