@@ -372,6 +372,7 @@ struct ctl {
 	long tokens, delay_ms, first_ms, headers_ms, chunk, split_utf8, status;
 	long error_after, malformed_after, cut_after, nodone, hang, hang_after, linger;
 	long model_missing, garbage, long_line;
+	long finish, error_style, comments; /* finish: FIN_*, error_style: ES_* */
 	char *text; /* NULL: not set; owned */
 	size_t text_len;
 	char *message; /* NULL: not set; owned */
@@ -403,12 +404,45 @@ static struct ctl_num {
 	{"model_missing", offsetof(struct ctl, model_missing), 0, 1, 0, 1},
 	{"garbage", offsetof(struct ctl, garbage), 0, 1, 0, 1},
 	{"long_line", offsetof(struct ctl, long_line), 0, LONG_LINE_MAX, 0, 0},
+	{"finish", offsetof(struct ctl, finish), 0, 1, 0, 0},
+	{"error_style", offsetof(struct ctl, error_style), 0, 1, 0, 0},
+	{"comments", offsetof(struct ctl, comments), 0, 1, 0, 1},
 };
 #define CTL_NNUM (sizeof(ctl_nums) / sizeof(ctl_nums[0]))
+
+enum { FIN_STOP, FIN_LENGTH };
+enum { ES_OPENAI, ES_VLLM };
 
 static long *ctl_field(struct ctl *c, const struct ctl_num *d)
 {
 	return (long *)(void *)((char *)c + d->off);
+}
+
+/* The keys whose values are names (index = value), else NULL. */
+static const char *const *ctl_names(const struct ctl_num *d)
+{
+	static const char *const finish[] = {"stop", "length", NULL};
+	static const char *const style[] = {"openai", "vllm", NULL};
+
+	if (strcmp(d->name, "finish") == 0)
+		return finish;
+	if (strcmp(d->name, "error_style") == 0)
+		return style;
+	return NULL;
+}
+
+/* A named value of d: 0 and *out set, or -1. */
+static int ctl_name_value(const struct ctl_num *d, const char *s, size_t n, long *out)
+{
+	const char *const *names = ctl_names(d);
+	long i;
+
+	for (i = 0; names && names[i]; i++)
+		if (strlen(names[i]) == n && strncasecmp(s, names[i], n) == 0) {
+			*out = i;
+			return 0;
+		}
+	return -1;
 }
 
 static void ctl_free(struct ctl *c)
@@ -586,7 +620,7 @@ static int ctl_set(struct ctl *c, const char *key, size_t klen, const char *val,
 		return 0;
 	}
 	d = ctl_find(key, klen);
-	if (!d || parse_flag(val, vlen, &v) < 0)
+	if (!d || (ctl_name_value(d, val, vlen, &v) < 0 && parse_flag(val, vlen, &v) < 0))
 		return -1;
 	return ctl_set_num(c, d, v);
 }
@@ -674,9 +708,15 @@ static cJSON *ctl_to_json(const struct ctl *c)
 
 	if (!o)
 		return NULL;
-	for (i = 0; i < CTL_NNUM; i++)
-		cJSON_AddNumberToObject(o, ctl_nums[i].name,
-					(double)*ctl_field((struct ctl *)c, &ctl_nums[i]));
+	for (i = 0; i < CTL_NNUM; i++) {
+		long v = *ctl_field((struct ctl *)c, &ctl_nums[i]);
+		const char *const *names = ctl_names(&ctl_nums[i]);
+
+		if (names)
+			cJSON_AddStringToObject(o, ctl_nums[i].name, names[v]);
+		else
+			cJSON_AddNumberToObject(o, ctl_nums[i].name, (double)v);
+	}
 	if (c->text)
 		cJSON_AddStringToObject(o, "text", c->text);
 	else
@@ -687,6 +727,8 @@ static cJSON *ctl_to_json(const struct ctl *c)
 		cJSON_AddNullToObject(o, "message");
 	return o;
 }
+
+enum { API_OLLAMA, API_OPENAI };
 
 /* ------------------------------------------------------------------ */
 /* request log: a ring of the last LOG_CAP records, found by seq       */
@@ -699,7 +741,7 @@ struct rec {
 	char *model; /* NULL if none */
 	char *last;  /* last message content, NULL if none */
 	long message_count, tokens_sent;
-	int status, stream, client_closed, finished;
+	int status, stream, client_closed, finished, api;
 };
 
 static struct rec *g_ring[LOG_CAP];
@@ -768,6 +810,7 @@ static cJSON *rec_to_json(const struct rec *r)
 		return NULL;
 	cJSON_AddNumberToObject(o, "seq", (double)r->seq);
 	cJSON_AddNumberToObject(o, "arrived_at", (double)r->arrived_at);
+	cJSON_AddStringToObject(o, "api", r->api == API_OPENAI ? "openai" : "ollama");
 	if (r->body_len)
 		b = cJSON_ParseWithLength(r->body, r->body_len);
 	if (b)
@@ -820,6 +863,7 @@ struct job {
 	size_t text_pos;
 	long prompt_tokens;
 	int phase, stream, load_only, status;
+	int api, include_usage; /* API_*; OpenAI: stream_options.include_usage */
 };
 
 /* Parsed request head, kept as offsets: c->in may move when it grows. */
@@ -827,6 +871,7 @@ struct req {
 	int method, http10, keepalive, expect, chunked;
 	size_t head_len, path_off, path_len, query_off, query_len;
 	size_t clen;
+	size_t auth_off, auth_len; /* Authorization value; auth_len 0: none */
 };
 
 struct conn {
@@ -1125,11 +1170,11 @@ static int line_final(struct job *j, const char *content, size_t n)
 	if (j->load_only)
 		return buf_adds(&g_line, "},\"done\":true,\"done_reason\":\"load\"}");
 	return buf_addf(&g_line,
-			"},\"done\":true,\"done_reason\":\"stop\","
+			"},\"done\":true,\"done_reason\":\"%s\","
 			"\"total_duration\":%llu,\"load_duration\":%llu,"
 			"\"prompt_eval_count\":%ld,\"prompt_eval_duration\":%llu,"
 			"\"eval_count\":%ld,\"eval_duration\":%llu}",
-			(unsigned long long)total, (unsigned long long)load, j->prompt_tokens,
+			j->ctl.finish == FIN_LENGTH ? "length" : "stop", (unsigned long long)total, (unsigned long long)load, j->prompt_tokens,
 			(unsigned long long)prompt, j->sent, (unsigned long long)eval);
 }
 
@@ -1171,6 +1216,140 @@ static const char *job_message(const struct job *j, const char *def, size_t *n)
 	return def;
 }
 
+/* --- the OpenAI form of the same answers ----------------------------- */
+
+static int add_jstr_or_null(struct buf *b, const char *s)
+{
+	return s ? buf_add_jstr(b, s, strlen(s)) : buf_adds(b, "null");
+}
+
+static const char *vllm_type(int status)
+{
+	return status == 404 ? "NotFoundError" : status >= 500 ? "InternalServerError"
+							       : "BadRequestError";
+}
+
+/* OpenAI's error object {"error":{"message","type","param","code"}} or,
+ * for ES_VLLM, vLLM's {"object":"error","message","type","param","code":N}.
+ * param and code: NULL for null. */
+static int oai_error_json(struct buf *b, long style, int status, const char *msg, size_t n,
+			  const char *param, const char *code)
+{
+	if (style == ES_VLLM) {
+		if (buf_adds(b, "{\"object\":\"error\",\"message\":") < 0 ||
+		    buf_add_jstr(b, msg, n) < 0 ||
+		    buf_addf(b, ",\"type\":\"%s\",\"param\":", vllm_type(status)) < 0 ||
+		    add_jstr_or_null(b, param) < 0 || buf_addf(b, ",\"code\":%d}", status) < 0)
+			return -1;
+		return 0;
+	}
+	if (buf_adds(b, "{\"error\":{\"message\":") < 0 || buf_add_jstr(b, msg, n) < 0 ||
+	    buf_addf(b, ",\"type\":\"%s\",\"param\":",
+		     status >= 500 ? "server_error" : "invalid_request_error") < 0 ||
+	    add_jstr_or_null(b, param) < 0 || buf_adds(b, ",\"code\":") < 0 ||
+	    add_jstr_or_null(b, code) < 0 || buf_adds(b, "}}") < 0)
+		return -1;
+	return 0;
+}
+
+static int oai_reply_error(struct conn *c, long style, int status, const char *msg, size_t n,
+			   const char *param, const char *code)
+{
+	g_line.len = 0;
+	if (oai_error_json(&g_line, style, status, msg, n, param, code) < 0)
+		return -1;
+	return conn_reply_json(c, status, g_line.p, g_line.len);
+}
+
+/* An HTTP error answer in the job's protocol. */
+static int job_reply_error(struct conn *c, int status, const char *msg, size_t n,
+			   const char *code)
+{
+	struct job *j = &c->job;
+
+	if (j->api == API_OPENAI)
+		return oai_reply_error(c, j->ctl.error_style, status, msg, n, NULL, code);
+	return conn_reply_error(c, status, msg, n);
+}
+
+/* One SSE event (in g_line, blank line included) as a chunk, after a
+ * ": keep-alive" comment when comments=1. */
+static int emit_event(struct conn *c, const struct job *j)
+{
+	static const char ka[] = ": keep-alive\n\n";
+
+	if (j->ctl.comments && emit_chunk(c, ka, sizeof(ka) - 1) < 0)
+		return -1;
+	return emit_chunk(c, g_line.p, g_line.len);
+}
+
+static const char *finish_reason(const struct job *j)
+{
+	return j->ctl.finish == FIN_LENGTH ? "length" : "stop";
+}
+
+static int oai_add_usage(struct buf *b, const struct job *j)
+{
+	return buf_addf(b,
+			"\"usage\":{\"prompt_tokens\":%ld,\"completion_tokens\":%ld,"
+			"\"total_tokens\":%ld}",
+			j->prompt_tokens, j->sent, j->prompt_tokens + j->sent);
+}
+
+/* data: {...chunk...,"choices":[{"index":0,"delta":{[role,]content},...}]} */
+static int oai_token(const struct job *j, const char *p, size_t n)
+{
+	g_line.len = 0;
+	if (buf_add(&g_line, j->prefix.p, j->prefix.len) < 0 ||
+	    buf_adds(&g_line, j->sent == 0 ? "{\"index\":0,\"delta\":{\"role\":\"assistant\","
+					     "\"content\":"
+					   : "{\"index\":0,\"delta\":{\"content\":") < 0 ||
+	    buf_add_jstr(&g_line, p, n) < 0 ||
+	    buf_adds(&g_line, j->include_usage ? "},\"finish_reason\":null}],\"usage\":null}\n\n"
+					       : "},\"finish_reason\":null}]}\n\n") < 0)
+		return -1;
+	return 0;
+}
+
+/* The finish chunk, the usage chunk when asked for, and [DONE]. */
+static int oai_stream_end(struct conn *c, const struct job *j)
+{
+	static const char done[] = "data: [DONE]\n\n";
+
+	g_line.len = 0;
+	if (buf_add(&g_line, j->prefix.p, j->prefix.len) < 0 ||
+	    buf_addf(&g_line, "{\"index\":0,\"delta\":%s,\"finish_reason\":\"%s\"}]%s}\n\n",
+		     j->sent ? "{}" : "{\"role\":\"assistant\",\"content\":\"\"}",
+		     finish_reason(j), j->include_usage ? ",\"usage\":null" : "") < 0 ||
+	    emit_event(c, j) < 0)
+		return -1;
+	if (j->include_usage) {
+		g_line.len = 0;
+		if (buf_add(&g_line, j->prefix.p, j->prefix.len) < 0 ||
+		    buf_adds(&g_line, "],") < 0 || oai_add_usage(&g_line, j) < 0 ||
+		    buf_adds(&g_line, "}\n\n") < 0 || emit_event(c, j) < 0)
+			return -1;
+	}
+	g_line.len = 0;
+	if (buf_add(&g_line, done, sizeof(done) - 1) < 0)
+		return -1;
+	return emit_event(c, j);
+}
+
+/* The whole chat.completion object (non-stream) into g_line. */
+static int oai_completion(const struct job *j, const char *content, size_t n)
+{
+	g_line.len = 0;
+	if (buf_add(&g_line, j->prefix.p, j->prefix.len) < 0 ||
+	    buf_adds(&g_line, "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":") < 0 ||
+	    buf_add_jstr(&g_line, content, n) < 0 ||
+	    buf_addf(&g_line, "},\"finish_reason\":%s%s%s}],", j->ctl.nodone ? "" : "\"",
+		     j->ctl.nodone ? "null" : finish_reason(j), j->ctl.nodone ? "" : "\"") < 0 ||
+	    oai_add_usage(&g_line, j) < 0 || buf_adds(&g_line, "}") < 0)
+		return -1;
+	return 0;
+}
+
 /* Time for the response headers (or an error status instead). */
 static int job_head(struct conn *c)
 {
@@ -1182,11 +1361,15 @@ static int job_head(struct conn *c)
 		struct buf m = {0};
 		int rc;
 
-		if (buf_addf(&m, "model \"%s\" not found, try pulling it first", j->model) < 0) {
+		if (buf_addf(&m,
+			     j->api == API_OPENAI
+				     ? "The model `%s` does not exist or you do not have access to it."
+				     : "model \"%s\" not found, try pulling it first",
+			     j->model) < 0) {
 			buf_free(&m);
 			return -1;
 		}
-		rc = conn_reply_error(c, 404, m.p, m.len);
+		rc = job_reply_error(c, 404, m.p, m.len, "model_not_found");
 		buf_free(&m);
 		j->stream = 0;
 		return rc < 0 ? -1 : job_end(c, 404);
@@ -1194,15 +1377,17 @@ static int job_head(struct conn *c)
 	if (j->ctl.status >= 300) {
 		msg = job_message(j, "fake upstream failure", &n);
 		j->stream = 0;
-		if (conn_reply_error(c, (int)j->ctl.status, msg, n) < 0)
+		if (job_reply_error(c, (int)j->ctl.status, msg, n, NULL) < 0)
 			return -1;
 		return job_end(c, (int)j->ctl.status);
 	}
 	if (j->stream &&
 	    buf_addf(&c->out,
 		     "HTTP/1.1 200 OK\r\n"
-		     "Content-Type: application/x-ndjson\r\nDate: %s\r\n%s\r\n",
-		     http_date(),
+		     "Content-Type: %s\r\nDate: %s\r\n%s%s\r\n",
+		     j->api == API_OPENAI ? "text/event-stream; charset=utf-8"
+					  : "application/x-ndjson",
+		     http_date(), j->api == API_OPENAI ? "Cache-Control: no-cache\r\n" : "",
 		     c->http10	    ? "Connection: close\r\n"
 		     : c->keepalive ? "Transfer-Encoding: chunked\r\n"
 				    : "Transfer-Encoding: chunked\r\nConnection: close\r\n") < 0)
@@ -1212,6 +1397,33 @@ static int job_head(struct conn *c)
 	return 0;
 }
 
+/* The error line mid-stream: Ollama {"error":M}; OpenAI data: {"error":{..}}
+ * (vLLM style: its error object, then data: [DONE], as vLLM does). */
+static int job_stream_error(struct conn *c, const char *msg, size_t n)
+{
+	struct job *j = &c->job;
+	static const char done[] = "data: [DONE]\n\n";
+
+	g_line.len = 0;
+	if (j->api == API_OLLAMA) {
+		if (buf_adds(&g_line, "{\"error\":") < 0 || buf_add_jstr(&g_line, msg, n) < 0 ||
+		    buf_adds(&g_line, "}\n") < 0)
+			return -1;
+		return emit_chunk(c, g_line.p, g_line.len);
+	}
+	if (buf_adds(&g_line, "data: ") < 0 ||
+	    oai_error_json(&g_line, j->ctl.error_style, j->ctl.error_style == ES_VLLM ? 400 : 500,
+			   msg, n, NULL, NULL) < 0 ||
+	    buf_adds(&g_line, "\n\n") < 0 || emit_event(c, j) < 0)
+		return -1;
+	if (j->ctl.error_style != ES_VLLM)
+		return 0;
+	g_line.len = 0;
+	if (buf_add(&g_line, done, sizeof(done) - 1) < 0)
+		return -1;
+	return emit_event(c, j);
+}
+
 /* Time for the next token slot: a token, a fault, or the end. */
 static int job_slot(struct conn *c)
 {
@@ -1219,6 +1431,7 @@ static int job_slot(struct conn *c)
 	const char *p, *msg;
 	size_t n;
 	long k = j->sent;
+	int oai = j->api == API_OPENAI;
 
 	if (j->ctl.cut_after == k) {
 		j->phase = PH_CUT;
@@ -1231,21 +1444,30 @@ static int job_slot(struct conn *c)
 	if (j->ctl.error_after == k) {
 		msg = job_message(j, "fake error mid-stream", &n);
 		if (!j->stream) {
-			if (conn_reply_error(c, 500, msg, n) < 0)
+			if (job_reply_error(c, 500, msg, n, NULL) < 0)
 				return -1;
 			return job_end(c, 500);
 		}
-		g_line.len = 0;
-		if (buf_adds(&g_line, "{\"error\":") < 0 || buf_add_jstr(&g_line, msg, n) < 0 ||
-		    buf_adds(&g_line, "}\n") < 0 || emit_chunk(c, g_line.p, g_line.len) < 0)
+		if (job_stream_error(c, msg, n) < 0)
 			return -1;
 		return job_end(c, 200);
 	}
 	if (j->ctl.malformed_after == k) {
 		static const char bad[] = "{\"message\": {\"content\": \"broken\n";
+		static const char bad_oai[] =
+			"{\"id\":\"chatcmpl-0\",\"choices\":[{\"delta\":{\"content\":\"broken\n";
+		static const char bad_sse[] = "data: {\"id\":\"chatcmpl-0\",\"object\":\"chat."
+					      "completion.chunk\",\"choices\":[{\"delta\":{"
+					      "\"content\":\"broken\n\n";
 
 		if (!j->stream) {
-			if (conn_reply_json(c, 200, bad, sizeof(bad) - 1) < 0)
+			if (conn_reply_json(c, 200, oai ? bad_oai : bad,
+					    oai ? sizeof(bad_oai) - 1 : sizeof(bad) - 1) < 0)
+				return -1;
+		} else if (oai) {
+			g_line.len = 0;
+			if (buf_add(&g_line, bad_sse, sizeof(bad_sse) - 1) < 0 ||
+			    emit_event(c, j) < 0)
 				return -1;
 		} else if (emit_chunk(c, bad, sizeof(bad) - 1) < 0) {
 			return -1;
@@ -1266,15 +1488,20 @@ static int job_slot(struct conn *c)
 			return -1;
 	} else if (!job_next_token(j, &p, &n)) {
 		if (!j->stream) {
-			if (line_final(j, j->acc.p ? j->acc.p : "", j->acc.len) < 0 ||
+			if ((oai ? oai_completion(j, j->acc.p ? j->acc.p : "", j->acc.len)
+				 : line_final(j, j->acc.p ? j->acc.p : "", j->acc.len)) < 0 ||
 			    conn_reply_json(c, 200, g_line.p, g_line.len) < 0)
 				return -1;
 			return job_end(c, 200);
 		}
 		if (!j->ctl.nodone) {
-			if (line_final(j, "", 0) < 0 || buf_add(&g_line, "\n", 1) < 0 ||
-			    emit_chunk(c, g_line.p, g_line.len) < 0)
+			if (oai) {
+				if (oai_stream_end(c, j) < 0)
+					return -1;
+			} else if (line_final(j, "", 0) < 0 || buf_add(&g_line, "\n", 1) < 0 ||
+				   emit_chunk(c, g_line.p, g_line.len) < 0) {
 				return -1;
+			}
 		}
 		if (j->ctl.linger) {
 			j->phase = PH_HANG; /* the body never ends */
@@ -1286,6 +1513,9 @@ static int job_slot(struct conn *c)
 			j->t_first_ns = mono_ns();
 		if (!j->stream) {
 			if (buf_add(&j->acc, p, n) < 0)
+				return -1;
+		} else if (oai) {
+			if (oai_token(j, p, n) < 0 || emit_event(c, j) < 0)
 				return -1;
 		} else if (line_begin(j) < 0 || buf_add_jstr(&g_line, p, n) < 0 ||
 			   buf_adds(&g_line, "},\"done\":false}\n") < 0 ||
@@ -1552,6 +1782,9 @@ static int http_parse_head(struct conn *c, int *status)
 				cl_close = 1;
 			if (has_token(v, (size_t)(ve - v), "keep-alive"))
 				ka = 1;
+		} else if (ieq(line, tlen, "authorization")) {
+			r->auth_off = (size_t)(v - b);
+			r->auth_len = (size_t)(ve - v);
 		} else if (ieq(line, tlen, "expect")) {
 			if (ieq(v, (size_t)(ve - v), "100-continue"))
 				r->expect = 1;
@@ -1651,24 +1884,75 @@ static const char tags_json[] =
 	"\"families\":[\"llama\"],\"parameter_size\":\"3.2B\","
 	"\"quantization_level\":\"Q4_K_M\"}}]}";
 
-/* Starts an /api/chat response, or answers 400 for a bad body. */
-static int route_chat(struct conn *c, const char *body, size_t blen)
+static const char *g_api_key; /* -k: the Bearer key /v1/ wants, or NULL */
+
+/* 1 when the request may use /v1/ (no -k, or the right Bearer key). */
+static int oai_authorized(const struct conn *c)
+{
+	const char *v = c->in.p + c->req.auth_off;
+	size_t n = c->req.auth_len, i = 6;
+
+	if (!g_api_key)
+		return 1;
+	if (n < 7 || strncasecmp(v, "Bearer", 6) != 0 || (v[6] != ' ' && v[6] != '\t'))
+		return 0;
+	while (i < n && (v[i] == ' ' || v[i] == '\t'))
+		i++;
+	return n - i == strlen(g_api_key) && memcmp(v + i, g_api_key, n - i) == 0;
+}
+
+static int oai_reply_unauthorized(struct conn *c)
+{
+	static const char none[] = "You didn't provide an API key. You need to provide your API "
+				   "key in an Authorization header using Bearer auth (i.e. "
+				   "Authorization: Bearer YOUR_KEY).";
+	static const char wrong[] = "Incorrect API key provided. You can find your API key at "
+				    "https://platform.openai.com/account/api-keys.";
+
+	if (c->req.auth_len == 0)
+		return oai_reply_error(c, ES_OPENAI, 401, none, sizeof(none) - 1, NULL, NULL);
+	return oai_reply_error(c, ES_OPENAI, 401, wrong, sizeof(wrong) - 1, NULL,
+			       "invalid_api_key");
+}
+
+/* GET /v1/models: the models of /api/tags (created = their modified_at) */
+static const char models_json[] =
+	"{\"object\":\"list\",\"data\":[{\"id\":\"llama3.2:latest\",\"object\":\"model\","
+	"\"created\":1727784000,\"owned_by\":\"library\"}]}";
+
+/* Starts an /api/chat (API_OLLAMA) or /v1/chat/completions (API_OPENAI)
+ * response, or answers 400 (401 without the -k key) for a bad request. */
+static int route_chat(struct conn *c, const char *body, size_t blen, int api)
 {
 	struct rec *r = rec_new(body, blen);
 	struct job *j = &c->job;
-	cJSON *root = NULL, *model, *stream, *msgs, *last, *content, *m;
-	const char *err = NULL, *lc = NULL;
+	cJSON *root = NULL, *model, *stream, *msgs, *last, *content, *m, *sopt = NULL, *usage;
+	const char *err = NULL, *lc = NULL, *err_param = NULL, *err_code = NULL;
+	int oai = api == API_OPENAI, err_status = 400;
 	long count = 0;
 	size_t chars = 0;
 	int rc = -1;
 
 	g_total++;
-	if (r)
+	if (r) {
 		r->status = 400;
+		r->api = api;
+		r->stream = !oai;
+	}
+	if (oai && !oai_authorized(c)) {
+		if (r)
+			r->status = 401;
+		err_status = 401;
+		goto bad;
+	}
 	if (blen == 0)
-		err = "missing request body";
+		err = oai ? "We could not parse the JSON body of your request. (HINT: This "
+			    "likely means you aren't using your HTTP library correctly.)"
+			  : "missing request body";
 	else if (!(root = cJSON_ParseWithLength(body, blen)) || !cJSON_IsObject(root))
-		err = "invalid character in request body";
+		err = oai ? "We could not parse the JSON body of your request. (HINT: This "
+			    "likely means you aren't using your HTTP library correctly.)"
+			  : "invalid character in request body";
 	if (err)
 		goto bad;
 	model = cJSON_GetObjectItem(root, "model");
@@ -1678,16 +1962,51 @@ static int route_chat(struct conn *c, const char *body, size_t blen)
 	    !(r->model = mem_dup(model->valuestring, strlen(model->valuestring))))
 		goto oom;
 	if (!cJSON_IsString(model) || !model->valuestring[0]) {
-		err = "model is required";
+		err = oai ? "you must provide a model parameter" : "model is required";
 		goto bad;
 	}
 	if (stream && !cJSON_IsNull(stream) && !cJSON_IsBool(stream)) {
-		err = "json: cannot unmarshal into Go struct field ChatRequest.stream of type bool";
+		err = oai ? "Invalid type for 'stream': expected a boolean."
+			  : "json: cannot unmarshal into Go struct field ChatRequest.stream of type bool";
+		err_param = "stream";
+		err_code = "invalid_type";
+		goto bad;
+	}
+	if (oai && (!msgs || cJSON_IsNull(msgs))) {
+		err = "Missing required parameter: 'messages'.";
+		err_param = "messages";
+		err_code = "missing_required_parameter";
 		goto bad;
 	}
 	if (msgs && !cJSON_IsNull(msgs) && !cJSON_IsArray(msgs)) {
-		err = "json: cannot unmarshal into Go struct field ChatRequest.messages";
+		err = oai ? "Invalid type for 'messages': expected an array of objects."
+			  : "json: cannot unmarshal into Go struct field ChatRequest.messages";
+		err_param = "messages";
+		err_code = "invalid_type";
 		goto bad;
+	}
+	if (oai && cJSON_GetArraySize(msgs) == 0) {
+		err = "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+		      "but got an empty array instead.";
+		err_param = "messages";
+		err_code = "empty_array";
+		goto bad;
+	}
+	if (oai && (sopt = cJSON_GetObjectItem(root, "stream_options")) && !cJSON_IsNull(sopt)) {
+		usage = cJSON_GetObjectItem(sopt, "include_usage");
+		if (!cJSON_IsTrue(stream)) {
+			err = "The 'stream_options' parameter is only allowed when 'stream' is "
+			      "enabled.";
+			err_param = "stream_options";
+			err_code = "invalid_value";
+			goto bad;
+		}
+		if (!cJSON_IsObject(sopt) || (usage && !cJSON_IsBool(usage))) {
+			err = "Invalid type for 'stream_options.include_usage': expected a boolean.";
+			err_param = "stream_options.include_usage";
+			err_code = "invalid_type";
+			goto bad;
+		}
 	}
 	last = NULL;
 	cJSON_ArrayForEach(m, msgs)
@@ -1708,17 +2027,30 @@ static int route_chat(struct conn *c, const char *body, size_t blen)
 	c->has_job = 1; /* from here on job_done() releases it */
 	g_active++;
 	j->seq = r ? r->seq : 0;
-	j->stream = !cJSON_IsFalse(stream);
+	j->api = api;
+	j->stream = oai ? cJSON_IsTrue(stream) : !cJSON_IsFalse(stream);
+	j->include_usage = sopt && cJSON_IsTrue(cJSON_GetObjectItem(sopt, "include_usage"));
 	j->load_only = count == 0;
 	j->prompt_tokens = (long)(chars / 4) + 1;
 	j->t0_ns = mono_ns();
 	j->status = 200;
 	if (!(j->model = mem_dup(model->valuestring, strlen(model->valuestring))))
 		goto oom_job;
-	if (buf_adds(&j->prefix, "{\"model\":") < 0 ||
-	    buf_add_jstr(&j->prefix, j->model, strlen(j->model)) < 0 ||
-	    buf_adds(&j->prefix, ",\"created_at\":\"") < 0)
+	if (oai) {
+		/* data: {"id":..,"object":..,"created":..,"model":M,"choices":[ */
+		if (buf_addf(&j->prefix,
+			     "%s{\"id\":\"chatcmpl-%llu\",\"object\":\"chat.completion%s\","
+			     "\"created\":%lld,\"model\":",
+			     j->stream ? "data: " : "", (unsigned long long)j->seq,
+			     j->stream ? ".chunk" : "", (long long)time(NULL)) < 0 ||
+		    buf_add_jstr(&j->prefix, j->model, strlen(j->model)) < 0 ||
+		    buf_adds(&j->prefix, ",\"choices\":[") < 0)
+			goto oom_job;
+	} else if (buf_adds(&j->prefix, "{\"model\":") < 0 ||
+		   buf_add_jstr(&j->prefix, j->model, strlen(j->model)) < 0 ||
+		   buf_adds(&j->prefix, ",\"created_at\":\"") < 0) {
 		goto oom_job;
+	}
 	if (lc)
 		ctl_apply_directives(&j->ctl, lc, strlen(lc));
 	if (j->ctl.long_line > 0) {
@@ -1752,8 +2084,16 @@ bad:
 	if (r) {
 		r->finished = 1;
 		r->finished_at = wall_ms();
+		if (cJSON_IsBool(stream = cJSON_GetObjectItem(root, "stream")))
+			r->stream = cJSON_IsTrue(stream);
 	}
-	rc = conn_reply_error(c, 400, err, strlen(err));
+	if (err_status == 401)
+		rc = oai_reply_unauthorized(c);
+	else if (oai)
+		rc = oai_reply_error(c, g_cfg.error_style, err_status, err, strlen(err), err_param,
+				     err_code);
+	else
+		rc = conn_reply_error(c, err_status, err, strlen(err));
 	cJSON_Delete(root);
 	if (r && g_logfd >= 0) {
 		cJSON *o = rec_to_json(r);
@@ -1773,10 +2113,11 @@ bad:
 oom_job:
 	cJSON_Delete(root);
 	job_done(c, DONE_OK);
-	return conn_reply_error(c, 500, "out of memory", 13);
+	return job_reply_error(c, 500, "out of memory", 13, NULL);
 oom:
 	cJSON_Delete(root);
-	return conn_reply_error(c, 500, "out of memory", 13);
+	return oai ? oai_reply_error(c, ES_OPENAI, 500, "out of memory", 13, NULL, NULL)
+		   : conn_reply_error(c, 500, "out of memory", 13);
 }
 
 static int route_requests(struct conn *c, const char *q, size_t qn)
@@ -1825,7 +2166,14 @@ static int route(struct conn *c, const char *body, size_t blen)
 	if (get && path_is(c, "/api/version"))
 		return conn_reply_json(c, 200, "{\"version\":\"0.5.7\"}", 19);
 	if (m == M_POST && path_is(c, "/api/chat"))
-		return route_chat(c, body, blen);
+		return route_chat(c, body, blen, API_OLLAMA);
+	if (m == M_POST && path_is(c, "/v1/chat/completions"))
+		return route_chat(c, body, blen, API_OPENAI);
+	if (get && path_is(c, "/v1/models")) {
+		if (!oai_authorized(c))
+			return oai_reply_unauthorized(c);
+		return conn_reply_json(c, 200, models_json, sizeof(models_json) - 1);
+	}
 	if (m == M_POST && path_is(c, "/_fake/config")) {
 		cJSON *in = blen ? cJSON_ParseWithLength(body, blen) : NULL;
 
@@ -2176,7 +2524,7 @@ static void accept_all(void)
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: fake_ollama [-l ADDR] -p PORT [-P pidfile] [-r requests.log] [-d MS] "
-		   "[-q]\n");
+		   "[-k KEY] [-q]\n");
 }
 
 static int listen_on(const char *addr, const char *port, char *shown, size_t shown_len)
@@ -2304,8 +2652,9 @@ int main(int argc, char **argv)
 	sigset_t mask;
 	int opt, rc = 1, pid_written = 0;
 
-	while ((opt = getopt(argc, argv, "l:p:P:r:d:qh")) != -1) {
+	while ((opt = getopt(argc, argv, "l:p:P:r:d:k:qh")) != -1) {
 		switch (opt) {
+		case 'k': g_api_key = optarg; break;
 		case 'l': addr = optarg; break;
 		case 'd':
 			if (set_default_delay(optarg) < 0) {
