@@ -2,7 +2,9 @@
  * tests/fake_ollama.c - a fake Ollama server for jarvas' tests and benchmarks.
  *
  * Owns: one single-threaded epoll loop speaking enough HTTP/1.1 and enough of
- * Ollama's API that a real Ollama client cannot tell the difference, plus a
+ * Ollama's API - and of OpenAI's chat completions API (/v1/..., as llama.cpp,
+ * vLLM and the hosted APIs serve it) - that a real client of either cannot
+ * tell the difference, plus a
  * few /_fake/... endpoints through which tests steer it and read back what it
  * saw.  Invariant: nothing ever blocks or sleeps - every delay is a deadline
  * in one timer min-heap and epoll_wait's timeout is the nearest deadline - so
@@ -12,14 +14,21 @@
  * Build:  cc -O2 -g -Wall -Wextra -Werror -o tests/fake_ollama \
  *             tests/fake_ollama.c -lcjson
  *
- * CLI:    tests/fake_ollama [-l ADDR] -p PORT [-P pidfile] [-r requests.log] [-d MS] [-q]
+ * CLI:    tests/fake_ollama [-l ADDR] -p PORT [-P pidfile] [-r requests.log] [-d MS]
+ *                           [-k KEY] [-q]
  *   -l ADDR   listen address (default 127.0.0.1; IPv6 literals work too)
  *   -d MS     the built-in default of delay_ms (default 0): the pace of a
  *             reply whose request and /_fake/config set no delay
  *             (spawn/jarvasctl starts the development stand-in with 40)
  *   -p PORT   port (default 11434); 0 picks a free port
  *   -P FILE   write the pid to FILE (removed again on a clean exit)
- *   -r FILE   append one JSON line per finished /api/chat request to FILE
+ *   -r FILE   append one JSON line per finished chat request (/api/chat or
+ *             /v1/chat/completions) to FILE
+ *   -k KEY    /v1/ wants "Authorization: Bearer KEY": without the header 401
+ *             {"error":{"message":"You didn't provide an API key...",..}},
+ *             with another key 401 {"error":{"message":"Incorrect API key
+ *             provided...","code":"invalid_api_key",..}} (the /api/ endpoints
+ *             never check, as Ollama)
  *   -q        quiet: no per-request line on stderr
  * When ready it prints "fake_ollama listening on ADDR:PORT" on stdout (with
  * the real port when -p 0) and flushes.  SIGTERM/SIGINT exit cleanly (0).
@@ -41,6 +50,38 @@
  *        Strings are escaped as Go does (\u003c \u003e \u0026 included).
  *        Bad JSON / no model / non-bool stream: 400 {"error":"..."}; no
  *        messages: a single done line with done_reason "load" (as Ollama).
+ *   GET  /v1/models        200 {"object":"list","data":[{"id":"llama3.2:latest",
+ *                          "object":"model","created":N,"owned_by":"library"}]}
+ *                          (the models of /api/tags)
+ *   POST /v1/chat/completions  OpenAI's chat API: {"model","messages","stream",
+ *        "stream_options":{"include_usage":B}}; stream defaults to false.
+ *        stream: 200 text/event-stream, chunked, one event per token
+ *          data: {"id":"chatcmpl-SEQ","object":"chat.completion.chunk",
+ *           "created":UNIX,"model":M,"choices":[{"index":0,"delta":{
+ *           "content":TOKEN},"finish_reason":null}]}<LF><LF>
+ *          (the first one's delta is {"role":"assistant","content":TOKEN}),
+ *          then the same with "delta":{} and "finish_reason":"stop" (or
+ *          "length", see finish; with no token at all its delta is
+ *          {"role":"assistant","content":""}); with include_usage every
+ *          chunk so far also carries "usage":null and a last one follows:
+ *          {"id":..,"object":..,"created":..,"model":M,"choices":[],
+ *           "usage":{"prompt_tokens":P,"completion_tokens":N,
+ *           "total_tokens":P+N}}; then data: [DONE].  P is /api/chat's
+ *          prompt_eval_count, N the tokens sent (eval_count).
+ *        non-stream: {"id","object":"chat.completion","created","model",
+ *          "choices":[{"index":0,"message":{"role":"assistant","content":ALL},
+ *          "finish_reason":"stop"}],"usage":{..}}.
+ *        Content bytes and their JSON escaping are exactly /api/chat's for the
+ *        same controls, so a reply reads the same through both protocols.
+ *        Errors are OpenAI's object {"error":{"message":S,"type":T,"param":
+ *        P|null,"code":C|null}} (T "invalid_request_error" below 500, else
+ *        "server_error"), or with error_style=vllm vLLM's {"object":"error",
+ *        "message":S,"type":"BadRequestError"|"NotFoundError"|
+ *        "InternalServerError","param":null,"code":HTTP}.  Bad JSON / no
+ *        model / non-bool stream / missing, non-array or empty messages /
+ *        stream_options without "stream":true or a non-bool include_usage:
+ *        400 with OpenAI's wording.  The control keys below apply the same
+ *        way; their OpenAI forms are given there.
  *   POST /_fake/config     JSON object of control keys (below) merged into the
  *                          defaults; a key set to null returns to built-in.
  *                          String values are taken literally (no %-decoding).
@@ -57,7 +98,8 @@
  * gets the stream unchunked, ended by the close.  A client that shuts down
  * its sending side counts as gone (Go cancels the request then too).
  *
- * REC (also the -r line): {"seq":N,"arrived_at":MS,"body":<the request JSON
+ * REC (also the -r line): {"seq":N,"arrived_at":MS,"api":"ollama"|"openai",
+ * "body":<the request JSON
  * as an object, or the raw text as a string when it does not parse>,
  * "model":S,"message_count":N,"last_content":S,"stream":B,"status":HTTP,
  * "tokens_sent":N,"client_closed":B,"closed_at":MS|null,"finished":B,
@@ -65,7 +107,8 @@
  * is true when the client went away before the fake finished sending
  * (closed_at = when the fake noticed).
  *
- * Control keys.  Per /api/chat request: a directive "[[fake k=v k=v ...]]"
+ * Control keys.  Per chat request (/api/chat and /v1/chat/completions
+ * alike): a directive "[[fake k=v k=v ...]]"
  * anywhere in the content of the LAST message overrides /_fake/config, which
  * overrides the built-in defaults.  Bad keys or values are ignored.
  *   tokens=N          content tokens (default 8)
@@ -81,28 +124,49 @@
  *                     " tab<TAB>here" " back\slash" (one backslash).
  *   chunk=N, split_utf8=1   see text
  *   status=N          (300..599) answer HTTP N with {"error":MESSAGE}
+ *                     (OpenAI: the error object, see above)
  *   message=S         %-decoded error text (defaults: "fake upstream failure",
  *                     "fake error mid-stream")
  *   error_after=K     after K tokens a line {"error":MESSAGE}, then the
- *                     chunked body ends properly (non-stream: HTTP 500)
+ *                     chunked body ends properly (non-stream: HTTP 500).
+ *                     OpenAI: the event data: {"error":{"message":MESSAGE,
+ *                     "type":"server_error",..}} and the body ends (no
+ *                     finish, no [DONE]); error_style=vllm: data: {"object":
+ *                     "error","message":MESSAGE,"type":"BadRequestError",
+ *                     "param":null,"code":400} and then data: [DONE], as
+ *                     vLLM does
+ *   error_style=S     openai (default) or vllm: the shape of OpenAI errors
  *   malformed_after=K after K tokens the line {"message": {"content": "broken
- *                     then the body ends
+ *                     then the body ends.  OpenAI: an event whose data is
+ *                     not JSON: data: {"id":"chatcmpl-0",..."content":"broken
  *   cut_after=K       after K tokens close the TCP connection (FIN) without
- *                     the last chunk and without done
- *   nodone=1          end the body properly but never send done:true
+ *                     the last chunk and without done (OpenAI: no finish
+ *                     chunk, no [DONE])
+ *   nodone=1          end the body properly but never send done:true (OpenAI:
+ *                     no finish chunk, no usage chunk, no [DONE];
+ *                     non-stream "finish_reason":null)
+ *   finish=R          stop (default) or length: Ollama's done_reason, OpenAI's
+ *                     finish_reason
+ *   comments=1        OpenAI: a ": keep-alive" comment (and blank line) as its
+ *                     own chunk before every event, as proxies send
  *   hang=1, hang_after=K   send headers and K tokens (default 0), then
  *                     nothing, until the client closes
- *   linger=1          after the done line, keep the body open (no last
- *                     chunk) until the client closes
+ *   linger=1          after the done line (OpenAI: after data: [DONE]), keep
+ *                     the body open (no last chunk) until the client closes
  *   model_missing=1   404 {"error":"model \"M\" not found, try pulling it first"}
- *   garbage=1         200 with `tokens` lines of non-JSON binary bytes
+ *                     (OpenAI: 404 "The model `M` does not exist or you do not
+ *                     have access to it.", code "model_not_found")
+ *   garbage=1         200 with `tokens` lines of non-JSON binary bytes (OpenAI
+ *                     too, raw: neither SSE nor JSON)
  *   long_line=N       the reply is one content token of N bytes (a-z cycle)
  * The K-controls fire at the moment token K+1 would be due.  -1 disables
- * (useful to override a /_fake/config default).  Flags take 1/0/true/false.
+ * (useful to override a /_fake/config default).  Flags take 1/0/true/false;
+ * finish and error_style take their names (shown by name in /_fake/config).
  * With "stream":false the same controls apply to the single reply: delays
  * add up before it, error_after gives HTTP 500 {"error":..}, malformed_after
  * and garbage give a 200 with that body, nodone gives "done":false, cut_after
- * closes without a reply, hang never replies.
+ * closes without a reply, hang never replies (OpenAI the same, each in its
+ * own shape; comments and error_style=vllm's [DONE] are stream-only).
  *
  * Under overload tokens that are already due go out together (a stream
  * catches up rather than drifting), so a saturated machine stretches the
