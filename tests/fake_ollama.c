@@ -2148,7 +2148,7 @@ bad:
 	if (r) {
 		r->finished = 1;
 		r->finished_at = wall_ms();
-		if (cJSON_IsBool(stream = cJSON_GetObjectItem(root, "stream")))
+		if (oai && cJSON_IsBool(stream = cJSON_GetObjectItem(root, "stream")))
 			r->stream = cJSON_IsTrue(stream);
 	}
 	if (err_status == 401)

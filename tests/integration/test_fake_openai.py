@@ -440,6 +440,43 @@ def test_hang_then_client_closes(stack):
     assert rec["api"] == "openai" and rec["client_closed"] and rec["tokens_sent"] == 2, rec
 
 
+def test_linger_keeps_the_body_open_after_done(stack):
+    c = http.client.HTTPConnection("127.0.0.1", stack.fake_port, timeout=TIMEOUT)
+    try:
+        c.request("POST", "/v1/chat/completions",
+                  body=json.dumps(chat_body("l " + fake(tokens=2, linger=1), True)).encode())
+        r = c.getresponse()
+        got = b""
+        while b"data: [DONE]\n\n" not in got:
+            more = r.read1(65536)
+            assert more, got
+            got += more
+        c.sock.settimeout(0.5)
+        try:
+            more = r.read1(65536)
+            raise AssertionError(f"the lingering body went on: {more!r}")
+        except (socket.timeout, TimeoutError):
+            pass
+        assert len(sse(got)[0]) == 4, got  # two tokens, the finish, [DONE]
+    finally:
+        c.close()
+
+
+def test_http10_client_gets_the_events_unchunked(stack):
+    body = json.dumps(chat_body("h " + fake(tokens=3), True, True)).encode()
+    with socket.create_connection(("127.0.0.1", stack.fake_port), timeout=TIMEOUT) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" not in head.lower(), head
+    assert b"text/event-stream" in head, head
+    events, tail = sse(rest)
+    assert not tail and [d for d, _ in events][-1] == "[DONE]" and len(events) == 6, events
+
+
 def test_v1_models_lists_the_tags(stack):
     a = call(stack.fake_port, "GET", "/v1/models")
     assert a.status == 200 and a.headers["content-type"].startswith("application/json"), a
