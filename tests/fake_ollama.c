@@ -1990,7 +1990,7 @@ static int route_chat(struct conn *c, const char *body, size_t blen, int api)
 {
 	struct rec *r = rec_new(body, blen);
 	struct job *j = &c->job;
-	cJSON *root = NULL, *model, *stream, *msgs, *last, *content, *m, *sopt = NULL, *usage;
+	cJSON *root = NULL, *model, *stream, *msgs, *last, *content, *m, *sopt = NULL, *inc;
 	const char *err = NULL, *lc = NULL, *err_param = NULL, *err_code = NULL;
 	int oai = api == API_OPENAI, err_status = 400;
 	long count = 0;
@@ -2057,7 +2057,7 @@ static int route_chat(struct conn *c, const char *body, size_t blen, int api)
 		goto bad;
 	}
 	if (oai && (sopt = cJSON_GetObjectItem(root, "stream_options")) && !cJSON_IsNull(sopt)) {
-		usage = cJSON_GetObjectItem(sopt, "include_usage");
+		inc = cJSON_GetObjectItem(sopt, "include_usage");
 		if (!cJSON_IsTrue(stream)) {
 			err = "The 'stream_options' parameter is only allowed when 'stream' is "
 			      "enabled.";
@@ -2065,7 +2065,7 @@ static int route_chat(struct conn *c, const char *body, size_t blen, int api)
 			err_code = "invalid_value";
 			goto bad;
 		}
-		if (!cJSON_IsObject(sopt) || (usage && !cJSON_IsBool(usage))) {
+		if (!cJSON_IsObject(sopt) || (inc && !cJSON_IsBool(inc))) {
 			err = "Invalid type for 'stream_options.include_usage': expected a boolean.";
 			err_param = "stream_options.include_usage";
 			err_code = "invalid_type";
