@@ -296,6 +296,15 @@ static int flush_out(struct stream *s)
 	return 0;
 }
 
+/* A resumable stream's journal failed (logged): from here on it is as any
+ * other, and what came before counts as its client's (no marks were
+ * kept for it). */
+static void journal_lost(struct stream *s)
+{
+	s->resumable = 0;
+	s->delivered = s->ex->reply.len;
+}
+
 /* The end of a loop turn: send what every stream got during it. */
 static void flush_dirty(void)
 {
@@ -306,8 +315,8 @@ static void flush_dirty(void)
 		s->dirty = 0;
 		if (!gone(s))
 			flush_out(s);
-		if (s->jw && s->state == STREAMING && journal_flush(s->jw) < 0)
-			s->resumable = 0; /* logged; a client that leaves now is gone */
+		if (s->jw && s->state == STREAMING && s->resumable && journal_flush(s->jw) < 0)
+			journal_lost(s);
 	}
 }
 
@@ -388,12 +397,8 @@ static int journal_chunk(struct stream *s, const struct piece *p)
 {
 	buf_reset(&relay.scratch);
 	if (format_chunk(&relay.scratch, p) < 0 ||
-	    journal_add(s->jw, JOURNAL_EVENT, s->seq, relay.scratch.data, relay.scratch.len) < 0) {
-		/* Logged; from here on as any stream.  What came before counts
-		 * as sent (its marks were not kept). */
-		s->resumable = 0;
-		s->delivered = s->ex->reply.len;
-	}
+	    journal_add(s->jw, JOURNAL_EVENT, s->seq, relay.scratch.data, relay.scratch.len) < 0)
+		journal_lost(s);
 	mark_dirty(s); /* the journal is written at the end of the turn */
 	if (!gone(s) && relay.scratch.len > 0 && !buf_error(&relay.scratch))
 		queue_record(s, format_bytes, &relay.scratch); /* a client lost is no reason */
@@ -519,10 +524,10 @@ static void to_store(struct stream *s, CURLcode cc)
 	/* The client left: keep what it was sent, not what was queued for it.
 	 * (A client still there gets the rest, and history all of it; so do
 	 * the readers of a resumable stream's journal.) */
+	if (s->jw && s->resumable && journal_flush(s->jw) < 0)
+		journal_lost(s); /* the store thread owns the journal from here */
 	if (gone(s) && !s->resumable && s->delivered < s->ex->reply.len)
 		exchange_truncate_reply(s->ex, s->delivered);
-	if (s->jw && journal_flush(s->jw) < 0)
-		s->resumable = 0; /* the store thread owns the journal from here */
 	s->state = STORING;
 	pthread_mutex_lock(&relay.lock);
 	push(&relay.to_store, s);
