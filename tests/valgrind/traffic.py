@@ -24,6 +24,7 @@ killed run left behind.  Python 3 standard library only.
 import argparse
 import collections
 import concurrent.futures
+import itertools
 import os
 import random
 import socket
@@ -53,6 +54,8 @@ ENV = {
     "JARVAS_ACCESS_LIFETIME": 3600,
     # short enough to exercise the idle timeout and the ping comments
     "JARVAS_UPSTREAM_IDLE_TIMEOUT": 3,
+    # resumable streams left by their client end within the run
+    "JARVAS_DETACH_GRACE": 2,
     "JARVAS_PING_INTERVAL": 1,
     # the caps get exercised cheaply: a few failed logins, a few streams
     "JARVAS_MAX_STREAMS_PER_USER": 4,
@@ -372,6 +375,7 @@ def chat_phase(stack, users):
     P = "chat"
     jobs = []
     u = users.pick
+    serial = itertools.count()  # one generation per conversation: a chat in its own
 
     def add(n, kind, method, path, allowed_5xx=(), **kw):
         for i in range(n):
@@ -380,16 +384,19 @@ def chat_phase(stack, users):
 
     add(110, "POST /api/chat/ ok", "POST", lambda i: ["/api/chat/", "/api/chat"][i % 2],
         token=lambda i: users.access[u(i)],
-        json=lambda i: {"message": MESSAGES[i % len(MESSAGES)], "conversation_id": f"c{i % 5}"})
+        json=lambda i: {"message": MESSAGES[i % len(MESSAGES)],
+                        "conversation_id": f"c{i % 5}-{next(serial)}"})
     add(10, "POST /api/chat/ default conversation", "POST", "/api/chat/",
         token=lambda i: users.access[u(i)], json={"message": "no conversation id"})
     for name, directive in UPSTREAM_FAILURES:
         add(6, f"upstream {name}", "POST", "/api/chat/", OK_SERVER_ERRORS,
             token=lambda i: users.access[u(i)],
-            json=lambda i, d=directive: {"message": f"fail {d}", "conversation_id": "fail"})
+            json=lambda i, d=directive: {"message": f"fail {d}",
+                                         "conversation_id": f"fail-{next(serial)}"})
     for name, directive in UPSTREAM_ODD_OK:
         add(4, f"upstream {name}", "POST", "/api/chat/", token=lambda i: users.access[u(i)],
-            json=lambda i, d=directive: {"message": f"odd {d}", "conversation_id": "odd"})
+            json=lambda i, d=directive: {"message": f"odd {d}",
+                                         "conversation_id": f"odd-{next(serial)}"})
     add(70, "GET history", "GET", lambda i: f"/api/chat/history/?conversation_id=c{i % 6}",
         token=lambda i: users.access[u(i)])
     add(10, "GET history, default", "GET", "/api/chat/history", token=lambda i: users.access[u(i)])
@@ -454,29 +461,34 @@ def stream_phase(stack, users):
         for i in range(n):
             jobs.append(lambda i=i: stream(i, kind, path, allowed_5xx, **kw))
 
+    # One generation per conversation (409 for a second): every stream in a
+    # conversation of its own, so that each does what its kind says.
+    serial = itertools.count()
+
     def q(message, conversation="s", **extra):
         return "/api/chat/stream/?" + urllib.parse.urlencode(
-            dict(message=message, conversation_id=conversation, **extra))
+            dict(message=message, conversation_id=f"{conversation}-{next(serial)}", **extra))
 
     add(70, "GET ?access_token complete",
         lambda i: q(MESSAGES[i % len(MESSAGES)], f"s{i % 4}", access_token=users.access[u(i)]))
     add(60, "POST complete", "/api/chat/stream/", method="POST", token=lambda i: users.access[u(i)],
-        json=lambda i: {"message": MESSAGES[i % len(MESSAGES)], "conversation_id": f"p{i % 4}"})
+        json=lambda i: {"message": MESSAGES[i % len(MESSAGES)], "conversation_id": f"p{i}"})
     add(20, "GET Bearer complete", lambda i: q("bearer hello", "b"), token=lambda i: users.access[u(i)])
+    resumable_phase(stack, users, jobs, q)
     for name, directive in UPSTREAM_FAILURES:
         add(5, f"upstream {name}", lambda i, d=directive: q(f"fail {d}", "sfail"),
             token=lambda i: users.access[u(i)])
     for name, directive in UPSTREAM_ODD_OK[:3]:
         add(3, f"upstream {name}", lambda i, d=directive: q(f"odd {d}", "sodd"),
             token=lambda i: users.access[u(i)])
-    add(6, "slow first token (pings)", q("[[fake first_ms=2500 tokens=3]]", "ping"),
+    add(6, "slow first token (pings)", lambda i: q("[[fake first_ms=2500 tokens=3]]", "ping"),
         token=lambda i: users.access[u(i)])
 
     # Client aborts: after the first chunk of a slow reply, while the model
     # is silent (after the first ping), and on raw sockets.
-    add(25, "abort after first chunk", q("[[fake tokens=60 delay_ms=100]]", "abort"),
+    add(25, "abort after first chunk", lambda i: q("[[fake tokens=60 delay_ms=100]]", "abort"),
         token=lambda i: users.access[u(i)], until=lambda i: (lambda e, evs: e["event"] == "message"))
-    add(10, "abort while upstream silent", q("[[fake hang=1]]", "abort"),
+    add(10, "abort while upstream silent", lambda i: q("[[fake hang=1]]", "abort"),
         token=lambda i: users.access[u(i)], until=lambda i: (lambda e, evs: e["event"] == "comment"))
 
     def raw_abort(i, after_head):
@@ -501,7 +513,7 @@ def stream_phase(stack, users):
 
     add(20, "Last-Event-ID (204)", lambda i: q("again", "s0"), token=lambda i: users.access[u(i)],
         headers={"last-event-id": "12:3"})
-    add(10, "no credentials", q("hi"))
+    add(10, "no credentials", lambda i: q("hi"))
     add(10, "bad token", lambda i: q("hi", access_token=["abc", tampered(users.access[u(i)]),
                                                         users.refresh[u(i)]][i % 3]))
     add(25, "bad input", lambda i: ["/api/chat/stream/", "/api/chat/stream/?message=",
@@ -519,18 +531,82 @@ def stream_phase(stack, users):
     over_the_cap(stack, users)
 
 
+def resumable_phase(stack, users, jobs, q):
+    """Resumable streams (issue 12): dropped and reconnected with
+    Last-Event-ID (the relay follows the journal), replayed from history
+    after their end and with ?resume=, stopped, left to their grace, and
+    a second generation in a conversation (409)."""
+    P = "chat_stream"
+    u = users.pick
+
+    def dropped_then_resumed(i):
+        slot = users.stream_slots[u(i)]
+        token = users.access[u(i)]
+        with slot:
+            first = stack.sse(q("[[fake tokens=30 delay_ms=50]]", "res", resumable=1), token=token,
+                              timeout=TIMEOUT, until=lambda e, evs: e["event"] == "message")
+            TALLY.add(P, "resumable, dropped after a chunk", sse_outcome(first))
+            last = first[-1].get("id") if first else None
+            if not last:
+                return
+            time.sleep(0.3)
+            again = stack.sse("/api/chat/stream/", token=token, timeout=TIMEOUT,
+                              headers={"last-event-id": last})
+            TALLY.add(P, "Last-Event-ID while generating / after", sse_outcome(again))
+            mid = last.split(":")[0]
+            replay = stack.sse(f"/api/chat/stream/?resume={mid}", token=token, timeout=TIMEOUT)
+            TALLY.add(P, "?resume= from the start", sse_outcome(replay))
+
+    def stopped(i):
+        token = users.access[u(i)]
+        with users.stream_slots[u(i)]:
+            done = []
+            conv = q("[[fake tokens=200 delay_ms=50]]", "stop", resumable=1)
+            c = urllib.parse.parse_qs(urllib.parse.urlsplit(conv).query)["conversation_id"][0]
+            t = threading.Thread(target=lambda: done.append(
+                stack.sse(conv, token=token, timeout=TIMEOUT)))
+            t.start()
+            time.sleep(0.5)
+            req(stack, P, "stop by conversation_id", "POST", "/api/chat/stop/", token=token,
+                json={"conversation_id": c})
+            req(stack, P, "a second generation there (409 or 200)", "POST", "/api/chat/",
+                token=token, json={"message": "again [[fake tokens=1]]", "conversation_id": c})
+            t.join()
+            TALLY.add(P, "the stopped stream", sse_outcome(done[0]) if done else "error: none")
+
+    def left_to_its_grace(i):
+        with users.stream_slots[u(i)]:
+            ev = stack.sse(q("[[fake tokens=100 delay_ms=100]]", "grace", resumable=1),
+                           token=users.access[u(i)], timeout=TIMEOUT,
+                           until=lambda e, evs: e["event"] == "message")
+            TALLY.add(P, "resumable, left (grace runs out)", sse_outcome(ev))
+
+    for i in range(12):
+        jobs.append(lambda i=i: dropped_then_resumed(i))
+    for i in range(6):
+        jobs.append(lambda i=i: stopped(i))
+    for i in range(4):
+        jobs.append(lambda i=i: left_to_its_grace(i))
+    for i in range(4):
+        jobs.append(lambda i=i: req(stack, P, "stop refusals", "POST", "/api/chat/stop/",
+                                    token=users.access[u(i)],
+                                    json=[{}, {"message_id": 999999}, {"message_id": "x"},
+                                          {"conversation_id": "none-running"}][i]))
+
+
 def over_the_cap(stack, users):
     """The last user opens its cap of slow streams (all at once, so none
     ends before the last has started), then one more: 429."""
     P = "chat_stream"
     i = len(users.accounts) - 1
     cap = int(ENV["JARVAS_MAX_STREAMS_PER_USER"])
-    path = "/api/chat/stream/?" + urllib.parse.urlencode(
-        {"message": "[[fake tokens=1000 delay_ms=200]]", "conversation_id": "cap"})
+    def path(k):
+        return "/api/chat/stream/?" + urllib.parse.urlencode(
+            {"message": "[[fake tokens=1000 delay_ms=200]]", "conversation_id": f"cap{k}"})
     held = []
     try:
-        for _ in range(cap):
-            held.append(raw_connection(stack, "GET", path, token=users.access[i]))
+        for k in range(cap):
+            held.append(raw_connection(stack, "GET", path(k), token=users.access[i]))
         for s in held:
             TALLY.add(P, "cap: slow streams held open", status_of(lambda s=s: read_head(s)))
         for _ in range(5):
