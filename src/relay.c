@@ -859,23 +859,27 @@ static int follow_record(void *ctx, int type, int seq, const char *bytes, size_t
 	return queue_record(s, format_bytes, &b);
 }
 
-static int format_text(struct buf *out, const void *arg)
+struct ending {
+	long long message_id;
+	int seq;
+	const char *message;
+};
+
+static int format_error(struct buf *out, const void *arg)
 {
-	return buf_puts(out, arg) == BUF_OK ? 0 : -1;
+	const struct ending *e = arg;
+
+	return sse_error(out, e->message_id, e->seq, e->message);
 }
 
 /* The follower's end: a last event (error text; NULL: the journal's END
  * was sent), then the end of the request once it is written. */
 static void end_follower(struct stream *s, const char *error)
 {
-	struct buf ev;
+	struct ending e = {s->message_id, s->jr->after + 1, error};
 
-	if (!gone(s) && error) {
-		buf_init(&ev, 4096);
-		if (sse_error(&ev, s->message_id, s->jr->after + 1, error) == 0)
-			queue_record(s, format_text, buf_str(&ev));
-		buf_free(&ev);
-	}
+	if (!gone(s) && error)
+		queue_record(s, format_error, &e);
 	snprintf(s->note, sizeof s->note, "outcome=%s message_id=%lld resumed=1",
 		 error ? "journal_cut" : "done", s->message_id);
 	unfollow(s);

@@ -134,6 +134,15 @@ static void replay_stored(struct request *r, long long id, int seq, const struct
 	snprintf(r->note, sizeof r->note, "outcome=replayed message_id=%lld from=%d", id, seq);
 }
 
+/* 503: this process holds config.streams_max streams. */
+static void server_full(struct request *r)
+{
+	resp_json_text(r, 503,
+		       "{\"detail\": \"This server holds as many streams as it can; "
+		       "retry in a moment.\"}",
+		       "Retry-After: 5\r\n");
+}
+
 /* Hand a client to the relay to follow the journal: its place, its slot
  * under the user's cap, the headers.  Answers whatever fails. */
 static void follow(struct request *r, struct journal_reader *jr, long long user_id, int seq)
@@ -141,10 +150,7 @@ static void follow(struct request *r, struct journal_reader *jr, long long user_
 	int slot;
 
 	if (relay_reserve() < 0) {
-		resp_json_text(r, 503,
-			       "{\"detail\": \"This server holds as many streams as it can; "
-			       "retry in a moment.\"}",
-			       "Retry-After: 5\r\n");
+		server_full(r);
 		goto fail;
 	}
 	if (limits_enter(user_id, &slot) < 0) {
@@ -276,10 +282,7 @@ static void stream_run(struct request *r, int from_query)
 		return;
 	}
 	if (relay_reserve() < 0) {
-		resp_json_text(r, 503,
-			       "{\"detail\": \"This server holds as many streams as it can; "
-			       "retry in a moment.\"}",
-			       "Retry-After: 5\r\n");
+		server_full(r);
 		return;
 	}
 	ex = malloc(sizeof *ex);

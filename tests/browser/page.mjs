@@ -110,6 +110,25 @@ async function waitIdle() {
   await page.waitForFunction(() => document.getElementById('stop').hidden, null, { timeout: 60000 });
 }
 
+
+// Watch reply n's text from the page itself: each mutation's time and the
+// text then, in window.__marks.
+function watchReply(n) {
+  return page.evaluate((n) => {
+    window.__marks = [];
+    const list = document.getElementById('messages');
+    const obs = new MutationObserver(() => {
+      const reply = list.querySelectorAll('.message.assistant')[n];
+      if (!reply) return;
+      const text = reply.querySelector('.body').textContent;
+      const last = window.__marks[window.__marks.length - 1];
+      if (!last || last.text !== text) window.__marks.push({ at: Date.now(), text });
+    });
+    obs.observe(list, { childList: true, subtree: true, characterData: true });
+    window.__obs = obs;
+  }, n);
+}
+
 const steps = {
   async login(step) {
     await page.goto(`${input.base}/`);
@@ -130,25 +149,13 @@ const steps = {
 
   async send(step) {
     const before = await page.$$eval('#messages .message.assistant', (els) => els.length);
-    // Watch the new reply's text from the page itself: each mutation's
-    // time and the text then.
-    await page.evaluate((n) => {
-      window.__marks = [];
-      const list = document.getElementById('messages');
-      const obs = new MutationObserver(() => {
-        const reply = list.querySelectorAll('.message.assistant')[n];
-        if (!reply) return;
-        const text = reply.querySelector('.body').textContent;
-        const last = window.__marks[window.__marks.length - 1];
-        if (!last || last.text !== text) window.__marks.push({ at: Date.now(), text });
-      });
-      obs.observe(list, { childList: true, subtree: true, characterData: true });
-      window.__obs = obs;
-      // Enter as the page sees it: the clock of "time to first token"
+    await watchReply(before);
+    // Enter as the page sees it: the clock of "time to first token"
+    await page.evaluate(() => {
       document.getElementById('input').addEventListener('keydown', (e) => {
         if (e.key === 'Enter') window.__enter = Date.now();
       }, { once: true });
-    }, before);
+    });
     await page.fill('#input', step.text);
     const sentAt = Date.now();
     await page.press('#input', 'Enter');
@@ -173,20 +180,8 @@ const steps = {
       // the page opens the conversation and takes the reply up again
       await page.waitForFunction((n) => !document.getElementById('stop').hidden &&
         document.querySelectorAll('#messages .message.assistant').length > n, before, { timeout: 15000 });
-      await page.evaluate((n) => {
-        window.__marks = [];
-        const list = document.getElementById('messages');
-        const obs = new MutationObserver(() => {
-          const reply = list.querySelectorAll('.message.assistant')[n];
-          if (!reply) return;
-          const text = reply.querySelector('.body').textContent;
-          const last = window.__marks[window.__marks.length - 1];
-          if (!last || last.text !== text) window.__marks.push({ at: Date.now(), text });
-        });
-        obs.observe(list, { childList: true, subtree: true, characterData: true });
-        window.__obs = obs;
-        window.__enter = Date.now();
-      }, before);
+      await watchReply(before);
+      await page.evaluate(() => { window.__enter = Date.now(); });
     }
     if (step.stop_after) {
       await page.waitForFunction((k) => (window.__marks || []).filter((m) => m.text).length >= k,
