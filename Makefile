@@ -15,7 +15,8 @@ LDLIBS  := -lfcgi -lcurl -lcjson -lsqlite3 -lsodium -lcrypto -lpthread
 RESPONDERS := token chat chat_stream
 PROGRAMS   := $(addprefix $(BIN)/,$(RESPONDERS) jarvas-admin)
 MAINS      := $(wildcard src/main_*.c)
-LIB_SRC    := $(filter-out $(MAINS),$(wildcard src/*.c))
+# src/wire/ holds the LLM servers' protocols, one file each (wire/wire.h).
+LIB_SRC    := $(filter-out $(MAINS),$(wildcard src/*.c src/wire/*.c))
 LIB_OBJ    := $(LIB_SRC:src/%.c=$(BUILD)/%.o) $(BUILD)/schema.o
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 
@@ -173,7 +174,7 @@ asan: deps-test tests/bench/loadgen $(BROWSER_MODULES)
 	else echo "sanitizers: no reports"; fi; exit $$rc
 
 format:
-	clang-format -i src/*.c src/*.h tests/*.c tests/unit/*.c tests/unit/*.h tests/fuzz/*.c tests/bench/*.c
+	clang-format -i src/*.c src/*.h src/wire/*.c src/wire/*.h tests/*.c tests/unit/*.c tests/unit/*.h tests/fuzz/*.c tests/bench/*.c
 
 clean:
 	rm -rf build $(PROGRAMS) tests/fake_ollama tests/bench/loadgen src/web/vendor

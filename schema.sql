@@ -166,3 +166,23 @@ CREATE UNIQUE INDEX generations_one_per_conversation ON generations (user_id, co
 -- reconnects of that client (EventSource sends the same URL again, with
 -- Last-Event-ID): those only read replies, and only the user's own.
 ALTER TABLE stream_tickets ADD COLUMN spent INTEGER NOT NULL DEFAULT 0;
+
+-- migrate: 7
+-- Any LLM server (src/wire/): the model that wrote each reply (one of
+-- JARVAS_MODELS; NULL for replies older than this), and why it stopped
+-- ('stop', 'length': cut by its token limit, ...; NULL when not said).
+ALTER TABLE messages ADD COLUMN model TEXT;
+ALTER TABLE messages ADD COLUMN finish_reason TEXT;
+
+-- Tokens spent, one row per reply the upstream counted: what
+-- GET /api/usage/ sums and JARVAS_TOKENS_PER_DAY limits.  Kept apart from
+-- messages so that deleting a conversation does not give its tokens back.
+CREATE TABLE usage (
+    message_id        INTEGER PRIMARY KEY,         -- the reply's id
+    user_id           INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    model             TEXT    NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    created_at        TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX usage_by_user_time ON usage (user_id, created_at);

@@ -21,20 +21,24 @@
 #include "response.h"
 #include "utf8.h"
 
-/* "usage": the upstream's counters, those it sent.  0 or -1. */
+/* "usage": the upstream's counters, those it sent, and its
+ * "finish_reason" when it gave one.  0 or -1. */
 static int add_usage(cJSON *o, const struct upstream_result *res)
 {
 	cJSON *u;
 
-	if (res->prompt_eval_count < 0 && res->eval_count < 0)
+	if (res->finish_reason[0] &&
+	    !cJSON_AddStringToObject(o, "finish_reason", res->finish_reason))
+		return -1;
+	if (res->prompt_tokens < 0 && res->completion_tokens < 0)
 		return 0;
 	if (!(u = cJSON_AddObjectToObject(o, "usage")))
 		return -1;
-	if (res->prompt_eval_count >= 0 &&
-	    !cJSON_AddNumberToObject(u, "prompt_tokens", (double)res->prompt_eval_count))
+	if (res->prompt_tokens >= 0 &&
+	    !cJSON_AddNumberToObject(u, "prompt_tokens", (double)res->prompt_tokens))
 		return -1;
-	if (res->eval_count >= 0 &&
-	    !cJSON_AddNumberToObject(u, "completion_tokens", (double)res->eval_count))
+	if (res->completion_tokens >= 0 &&
+	    !cJSON_AddNumberToObject(u, "completion_tokens", (double)res->completion_tokens))
 		return -1;
 	return 0;
 }
@@ -45,8 +49,10 @@ void chat_post(struct request *r)
 	cJSON *o;
 	int stored;
 
-	if (exchange_begin(&ex, r, 0, 0) < 0)
+	if (exchange_begin(&ex, r, 0, 0) < 0) {
+		resp_problem(r, &ex.problem);
 		goto out;
+	}
 	/* A restart lets this finish: it is bounded by the total timeout. */
 	if (exchange_run(&ex, config.upstream_total_timeout) < 0 && !ex.stopped) {
 		exchange_release_slot(&ex);
@@ -74,7 +80,7 @@ void chat_post(struct request *r)
 	o = cJSON_CreateObject();
 	if (o && (!cJSON_AddStringToObject(o, "response", buf_str(&ex.reply)) ||
 		  !cJSON_AddStringToObject(o, "conversation_id", ex.conversation) ||
-		  !cJSON_AddStringToObject(o, "model", config.model) ||
+		  !cJSON_AddStringToObject(o, "model", ex.model) ||
 		  !cJSON_AddNumberToObject(o, "message_id", (double)ex.message_id) ||
 		  !cJSON_AddStringToObject(o, "status", ex.stopped ? "stopped" : "done") ||
 		  add_usage(o, &ex.result) < 0)) {

@@ -19,6 +19,7 @@
 
 #include "buf.h"
 #include "log.h"
+#include "wire/wire.h"
 
 #define SECRET_FD_ENV "_JARVAS_SECRET_FD"
 
@@ -278,6 +279,129 @@ static long streams_default(int workers)
 	return n < 1 ? 1 : n > 100000 ? 100000 : n;
 }
 
+/* One name of JARVAS_MODELS, as it goes upstream: 1-200 bytes of
+ * printable ASCII without spaces or commas. */
+static int model_name_ok(const char *s, size_t n)
+{
+	size_t i;
+
+	if (n == 0 || n > CONFIG_MODEL_MAX)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (s[i] <= ' ' || s[i] > '~' || s[i] == ',')
+			return 0;
+	return 1;
+}
+
+static int add_model(const char *s, size_t n, char *err, size_t errlen)
+{
+	char **grown;
+	int i;
+
+	if (!model_name_ok(s, n)) {
+		snprintf(err, errlen,
+			 "JARVAS_MODELS: \"%.*s\" is not a model name (1-%d printable characters, "
+			 "no spaces)",
+			 (int)(n > 64 ? 64 : n), s, CONFIG_MODEL_MAX);
+		return -1;
+	}
+	for (i = 0; i < config.nmodels; i++)
+		if (strlen(config.models[i]) == n && memcmp(config.models[i], s, n) == 0)
+			return 0; /* named twice: once is enough */
+	if (config.nmodels == CONFIG_MODELS_MAX) {
+		snprintf(err, errlen, "JARVAS_MODELS: at most %d models", CONFIG_MODELS_MAX);
+		return -1;
+	}
+	grown = realloc(config.models, (size_t)(config.nmodels + 1) * sizeof *grown);
+	if (!grown || !(grown[config.nmodels] = strndup(s, n))) {
+		if (grown)
+			config.models = grown;
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	config.models = grown;
+	config.nmodels++;
+	return 0;
+}
+
+/* JARVAS_MODELS (comma list, spaces around names ignored) and the
+ * default, JARVAS_MODEL: without JARVAS_MODELS the default alone; without
+ * JARVAS_MODEL the first of the list.  0 or -1. */
+static int load_models(char *err, size_t errlen)
+{
+	const char *list = env_or("JARVAS_MODELS", NULL), *one = env_or("JARVAS_MODEL", NULL);
+	const char *p = list;
+
+	while (p && *p) {
+		const char *end = strchr(p, ','), *a = p, *b;
+
+		b = end ? end : p + strlen(p);
+		while (a < b && (*a == ' ' || *a == '\t'))
+			a++;
+		while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+			b--;
+		if (b > a && add_model(a, (size_t)(b - a), err, errlen) < 0)
+			return -1;
+		p = end ? end + 1 : b + strlen(b);
+	}
+	if (!one)
+		one = config.nmodels ? config.models[0] : "llama3.2";
+	if (!model_name_ok(one, strlen(one))) {
+		snprintf(err, errlen,
+			 "JARVAS_MODEL: not a model name (1-%d printable characters, "
+			 "no spaces or commas)",
+			 CONFIG_MODEL_MAX);
+		return -1;
+	}
+	if (list && config_model_index(one) < 0) {
+		snprintf(err, errlen, "JARVAS_MODEL=%s is not one of JARVAS_MODELS", one);
+		return -1;
+	}
+	if (!list && add_model(one, strlen(one), err, errlen) < 0)
+		return -1;
+	config.model = config.models[config_model_index(one)];
+	return 0;
+}
+
+int config_model_index(const char *name)
+{
+	int i;
+
+	for (i = 0; i < config.nmodels; i++)
+		if (strcmp(config.models[i], name) == 0)
+			return i;
+	return -1;
+}
+
+/* JARVAS_UPSTREAM_API, _API_KEY, _CA_FILE.  0 or -1. */
+static int load_upstream(char *err, size_t errlen)
+{
+	const char *api = env_or("JARVAS_UPSTREAM_API", "ollama");
+	const char *key = env_or("JARVAS_UPSTREAM_API_KEY", NULL);
+	const char *ca = env_or("JARVAS_UPSTREAM_CA_FILE", NULL);
+	size_t i;
+
+	if (!wire_find(api)) {
+		snprintf(err, errlen, "JARVAS_UPSTREAM_API=%s: expected ollama or openai", api);
+		return -1;
+	}
+	/* The key goes into a header line: no line breaks or controls. */
+	for (i = 0; key && key[i]; i++)
+		if ((unsigned char)key[i] < ' ' || key[i] == 0x7f) {
+			snprintf(err, errlen, "JARVAS_UPSTREAM_API_KEY: holds a control character");
+			return -1;
+		}
+	config.upstream_api = strdup(api);
+	config.upstream_api_key = key ? strdup(key) : NULL;
+	config.upstream_ca_file = ca ? strdup(ca) : NULL;
+	if (!config.upstream_api || (key && !config.upstream_api_key) ||
+	    (ca && !config.upstream_ca_file)) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
 int config_load(const char *responder, int need_secret, char *err, size_t errlen)
 {
 	const char *state, *url, *prompt;
@@ -291,16 +415,16 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 	config.state_dir = strdup(state);
 	url = env_or("JARVAS_UPSTREAM_URL", "http://127.0.0.1:11434");
 	config.upstream_url = strdup(url);
-	config.model = strdup(env_or("JARVAS_MODEL", "llama3.2"));
+	if (load_upstream(err, errlen) < 0 || load_models(err, errlen) < 0)
+		return -1;
 	prompt = env_or("JARVAS_SYSTEM_PROMPT_FILE", NULL);
 	config.system_prompt_file = prompt ? strdup(prompt) : NULL;
 	config.db_path = join_path(state, "jarvas.db");
 	config.metrics_dir = join_path(state, "metrics");
 	config.streams_dir = join_path(state, "streams");
 	config.secret_path = join_path(state, "secret.key");
-	if (!config.state_dir || !config.upstream_url || !config.model ||
-	    (prompt && !config.system_prompt_file) || !config.db_path || !config.metrics_dir ||
-	    !config.streams_dir || !config.secret_path) {
+	if (!config.state_dir || !config.upstream_url || (prompt && !config.system_prompt_file) ||
+	    !config.db_path || !config.metrics_dir || !config.streams_dir || !config.secret_path) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
@@ -343,6 +467,7 @@ int config_load(const char *responder, int need_secret, char *err, size_t errlen
 		    10L * config.login_failures_per_user, 1, 10000000);
 	INT_SETTING(config.login_window, "JARVAS_LOGIN_WINDOW", 900, 1, 86400);
 	INT_SETTING(config.dev_upstream, "JARVAS_DEV_UPSTREAM", 0, 0, 1);
+	INT_SETTING(config.tokens_per_day, "JARVAS_TOKENS_PER_DAY", 0, 0, 1000000000000L);
 #undef INT_SETTING
 
 	/* A stream holds a thread only while it is set up (relay.c). */
@@ -369,7 +494,14 @@ void config_free(void)
 	free(config.streams_dir);
 	free(config.secret_path);
 	free(config.upstream_url);
-	free(config.model);
+	free(config.upstream_api);
+	if (config.upstream_api_key)
+		sodium_memzero(config.upstream_api_key, strlen(config.upstream_api_key));
+	free(config.upstream_api_key);
+	free(config.upstream_ca_file);
+	while (config.nmodels > 0)
+		free(config.models[--config.nmodels]);
+	free(config.models); /* config.model is one of them */
 	free(config.system_prompt_file);
 	if (config.secret)
 		sodium_memzero(config.secret, config.secret_len);

@@ -11,6 +11,8 @@
 #include <stddef.h>
 
 #define CONFIG_SECRET_MIN 32 /* bytes of key, from the file or the environment */
+#define CONFIG_MODELS_MAX 32 /* names in JARVAS_MODELS */
+#define CONFIG_MODEL_MAX 200 /* bytes of one model name */
 
 enum config_secret_origin {
 	CONFIG_SECRET_NONE,
@@ -22,12 +24,18 @@ enum config_secret_origin {
 struct config {
 	const char *responder; /* "token", "chat", "chat_stream", "admin" */
 	char *state_dir;
-	char *db_path;	    /* state_dir/jarvas.db */
-	char *metrics_dir;  /* state_dir/metrics */
-	char *streams_dir;  /* state_dir/streams: journals, stop requests */
-	char *secret_path;  /* state_dir/secret.key */
-	char *upstream_url; /* without trailing slash */
-	char *model;
+	char *db_path;		  /* state_dir/jarvas.db */
+	char *metrics_dir;	  /* state_dir/metrics */
+	char *streams_dir;	  /* state_dir/streams: journals, stop requests */
+	char *secret_path;	  /* state_dir/secret.key */
+	char *upstream_url;	  /* without trailing slash */
+	char *upstream_api;	  /* "ollama" or "openai" (wire/) */
+	char *upstream_api_key;	  /* sent as a Bearer token, never logged; NULL: none */
+	char *upstream_ca_file;	  /* CA bundle for an https upstream; NULL: the system's */
+	char *model;		  /* the default of models */
+	char **models;		  /* what a request may pick (JARVAS_MODELS) */
+	int nmodels;		  /* 1 .. CONFIG_MODELS_MAX */
+	long long tokens_per_day; /* per user, prompt + completion; 0: no quota */
 	char *system_prompt_file; /* NULL: built-in prompt */
 	unsigned char *secret;	  /* JWT HMAC key */
 	size_t secret_len;
@@ -65,6 +73,9 @@ extern struct config config;
  * key.  Returns 0, or -1 with a reason in err. */
 int config_load(const char *responder, int need_secret, char *err, size_t errlen);
 void config_free(void);
+
+/* The index in config.models of a model name, or -1. */
+int config_model_index(const char *name);
 
 /* Before a reload's execv: hand the key to the new image in a sealed
  * memfd (not close-on-exec) named by _JARVAS_SECRET_FD, so that a

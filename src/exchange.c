@@ -13,8 +13,10 @@
 #include "journal.h"
 #include "limits.h"
 #include "log.h"
+#include "metrics.h"
 #include "response.h"
 #include "server.h"
+#include "usage.h"
 #include "utf8.h"
 
 static void exchange_zero(struct exchange *ex, struct request *r)
@@ -22,6 +24,8 @@ static void exchange_zero(struct exchange *ex, struct request *r)
 	memset(ex, 0, sizeof *ex);
 	ex->r = r;
 	ex->stream_slot = -1;
+	ex->model = config.model;
+	ex->model_index = config_model_index(config.model);
 	buf_init(&ex->message, config.message_max);
 	buf_init(&ex->reply, 64u << 20);
 	buf_init(&ex->chunks, 4u << 20); /* a million pieces at least */
@@ -30,12 +34,20 @@ static void exchange_zero(struct exchange *ex, struct request *r)
 
 static int message_too_long(struct exchange *ex)
 {
-	char msg[96];
+	return resp_problem_set(&ex->problem, 400, "message",
+				"Ensure this field has no more than %zu bytes.",
+				config.message_max);
+}
 
-	snprintf(msg, sizeof msg, "Ensure this field has no more than %zu bytes.",
-		 config.message_max);
-	resp_field_error(ex->r, "message", msg);
-	return -1;
+/* A 400 naming one field. */
+static int bad_field(struct exchange *ex, const char *field, const char *why)
+{
+	return resp_problem_set(&ex->problem, 400, field, "%s", why);
+}
+
+static int out_of_memory(struct exchange *ex)
+{
+	return resp_problem_set(&ex->problem, 500, NULL, "Out of memory, please retry.");
 }
 
 /* Copy the message, trimmed as DRF's CharField trims it, and check it. */
@@ -43,11 +55,11 @@ static int take_message(struct exchange *ex, const char *text, size_t n)
 {
 	n = utf8_trim(&text, n);
 	if (n == 0)
-		return resp_field_error(ex->r, "message", "This field may not be blank."), -1;
+		return bad_field(ex, "message", "This field may not be blank.");
 	if (n > config.message_max)
 		return message_too_long(ex);
 	if (buf_append(&ex->message, text, n) != BUF_OK)
-		return resp_json(ex->r, 500, NULL), -1;
+		return out_of_memory(ex);
 	return 0;
 }
 
@@ -56,10 +68,22 @@ static int take_conversation(struct exchange *ex, const char *id)
 	if (!id)
 		id = "default";
 	if (!history_conversation_valid(id))
-		return resp_field_error(ex->r, "conversation_id",
-					"Use 1-64 characters of A-Z, a-z, 0-9, _ and -."),
-		       -1;
+		return bad_field(ex, "conversation_id",
+				 "Use 1-64 characters of A-Z, a-z, 0-9, _ and -.");
 	memcpy(ex->conversation, id, strlen(id) + 1);
+	return 0;
+}
+
+/* One of JARVAS_MODELS (DRF's ChoiceField); NULL: the default. */
+static int take_model(struct exchange *ex, const char *name)
+{
+	int i = name ? config_model_index(name) : config_model_index(config.model);
+
+	if (i < 0)
+		return resp_problem_set(&ex->problem, 400, "model",
+					"\"%.*s\" is not a valid choice.", CONFIG_MODEL_MAX, name);
+	ex->model_index = i;
+	ex->model = config.models[i];
 	return 0;
 }
 
@@ -93,29 +117,26 @@ static int read_resumable_body(struct exchange *ex)
 	else if (cJSON_IsNumber(v) && (v->valuedouble == 0 || v->valuedouble == 1))
 		b = v->valuedouble == 1;
 	else if (cJSON_IsNull(v))
-		return resp_field_error(ex->r, "resumable", "This field may not be null."), -1;
+		return bad_field(ex, "resumable", "This field may not be null.");
 	else if (!cJSON_IsString(v) || boolean_text(v->valuestring, &b) < 0)
-		return resp_field_error(ex->r, "resumable", not_boolean), -1;
+		return bad_field(ex, "resumable", not_boolean);
 	ex->resumable = b;
 	return 0;
 }
 
-static int read_resumable_query(struct exchange *ex, struct buf *v)
+/* The optional query parameter name into v: 1 found, 0 absent, or -1
+ * with the 400 set. */
+static int query_param(struct exchange *ex, const char *name, struct buf *v)
 {
-	int found = request_query(ex->r, "resumable", v), b;
+	int found = request_query(ex->r, name, v);
 
-	if (found == 0)
-		return 0;
-	if (found < 0 || boolean_text(buf_str(v), &b) < 0)
-		return resp_field_error(ex->r, "resumable", not_boolean), -1;
-	ex->resumable = b;
-	return 0;
+	return found < 0 ? bad_field(ex, name, request_bad_query) : found;
 }
 
 static int read_input_query(struct exchange *ex)
 {
 	struct buf v;
-	int rc, found;
+	int b, found;
 
 	buf_init(&v, config.message_max * 3 + 1024);
 	found = request_query(ex->r, "message", &v);
@@ -124,47 +145,60 @@ static int read_input_query(struct exchange *ex)
 		if (v.len >= v.max)
 			message_too_long(ex);
 		else
-			resp_field_error(ex->r, "message", request_bad_query);
+			bad_field(ex, "message", request_bad_query);
 		goto fail;
 	}
 	if (!found) {
-		resp_field_error(ex->r, "message", "This field is required.");
+		bad_field(ex, "message", "This field is required.");
 		goto fail;
 	}
-	if (take_message(ex, buf_str(&v), v.len) < 0)
+	if (take_message(ex, buf_str(&v), v.len) < 0 ||
+	    (found = query_param(ex, "conversation_id", &v)) < 0 ||
+	    take_conversation(ex, found ? buf_str(&v) : NULL) < 0 ||
+	    (found = query_param(ex, "model", &v)) < 0 ||
+	    take_model(ex, found ? buf_str(&v) : NULL) < 0 ||
+	    (found = query_param(ex, "resumable", &v)) < 0)
 		goto fail;
-	found = request_query(ex->r, "conversation_id", &v);
-	if (found < 0) {
-		resp_field_error(ex->r, "conversation_id", request_bad_query);
+	if (found && boolean_text(buf_str(&v), &b) < 0) {
+		bad_field(ex, "resumable", not_boolean);
 		goto fail;
 	}
-	rc = take_conversation(ex, found ? buf_str(&v) : NULL);
-	if (rc == 0)
-		rc = read_resumable_query(ex, &v);
+	if (found)
+		ex->resumable = b;
 	buf_free(&v);
-	return rc;
+	return 0;
 fail:
 	buf_free(&v);
 	return -1;
 }
 
+/* An optional string field: absent is the default (*out NULL), null and
+ * other types are refused (DRF).  0 or -1. */
+static int optional_field(struct exchange *ex, const char *name, const char **out)
+{
+	int rc = request_field(ex->r, name, out);
+
+	if (rc < 0)
+		return bad_field(ex, name, request_field_problem(rc));
+	if (rc != REQUEST_FIELD_FOUND)
+		*out = NULL;
+	return 0;
+}
+
 static int read_input_body(struct exchange *ex)
 {
-	const char *message = NULL, *conversation = NULL;
+	const char *message = NULL, *conversation, *model;
 	int rc;
 
 	if (request_parse_body(ex->r) < 0)
-		return -1;
+		return -1; /* answered (400, 413) */
 	rc = request_field(ex->r, "message", &message);
 	if (rc != REQUEST_FIELD_FOUND)
-		return resp_field_error(ex->r, "message", request_field_problem(rc)), -1;
-	if (take_message(ex, message, strlen(message)) < 0)
-		return -1;
-	/* Optional: absent is the default, null is refused (DRF). */
-	rc = request_field(ex->r, "conversation_id", &conversation);
-	if (rc < 0)
-		return resp_field_error(ex->r, "conversation_id", request_field_problem(rc)), -1;
-	if (take_conversation(ex, rc == REQUEST_FIELD_FOUND ? conversation : NULL) < 0)
+		return bad_field(ex, "message", request_field_problem(rc));
+	if (take_message(ex, message, strlen(message)) < 0 ||
+	    optional_field(ex, "conversation_id", &conversation) < 0 ||
+	    take_conversation(ex, conversation) < 0 || optional_field(ex, "model", &model) < 0 ||
+	    take_model(ex, model) < 0)
 		return -1;
 	return read_resumable_body(ex);
 }
@@ -190,13 +224,34 @@ static int reserve(struct exchange *ex, struct db *d, int stream)
 	if (stream &&
 	    (history_store_message(d, ex->user_msg_id, ex->user.id, ex->conversation, "user",
 				   buf_str(&ex->message), ex->message.len, 1) < 0 ||
-	     history_start_reply(d, ex->message_id, ex->user.id, ex->conversation) < 0))
+	     history_start_reply(d, ex->message_id, ex->user.id, ex->conversation, ex->model) < 0))
 		return -1;
 	return 0;
 }
 
-/* Reads, then the short write transaction of reserve().  0, 1 when
- * another generation runs in the conversation, or -1. */
+/* The user's daily token quota (JARVAS_TOKENS_PER_DAY), read with the
+ * context: 0, 1 when it is used up (the 429 set), or -1. */
+static int over_quota(struct exchange *ex, struct db *d)
+{
+	long long used;
+	int reset_in;
+
+	if (!config.tokens_per_day)
+		return 0;
+	if (usage_today(d, ex->user.id, &used, &reset_in) < 0)
+		return -1;
+	if (used < config.tokens_per_day)
+		return 0;
+	resp_problem_set(&ex->problem, 429, NULL,
+			 "Daily token quota used up: %lld of %lld tokens today. It resets at "
+			 "00:00 UTC.",
+			 used, config.tokens_per_day);
+	ex->problem.retry_after = reset_in;
+	return 1;
+}
+
+/* Reads, then the short write transaction of reserve().  0, 1 when the
+ * exchange is refused (ex->problem), or -1. */
 static int load_context(struct exchange *ex, int stream)
 {
 	struct db *d = db_acquire();
@@ -204,6 +259,10 @@ static int load_context(struct exchange *ex, int stream)
 
 	if (!d)
 		return -1;
+	if ((rc = over_quota(ex, d)) != 0) {
+		db_release(d);
+		return rc;
+	}
 	if (history_last(d, ex->user.id, ex->conversation, config.history_limit, &ex->history) <
 		    0 ||
 	    prompt_get(d, &ex->user, &ex->prompt) < 0 || db_begin(d) < 0)
@@ -212,6 +271,10 @@ static int load_context(struct exchange *ex, int stream)
 	if (rc == 1) {
 		db_rollback(d);
 		db_release(d);
+		resp_problem_set(&ex->problem, 409, NULL,
+				 "A reply is already being generated in this conversation; resume "
+				 "it or stop it.");
+		ex->problem.message_id = ex->running;
 		return 1;
 	}
 	if (rc < 0 || db_commit(d) < 0)
@@ -226,45 +289,22 @@ fail:
 	return -1;
 }
 
-/* 409: the conversation has a generation running. */
-static void busy(struct exchange *ex)
-{
-	cJSON *o = cJSON_CreateObject();
-
-	if (o && (!cJSON_AddStringToObject(o, "detail",
-					   "A reply is already being generated in this "
-					   "conversation; resume it or stop it.") ||
-		  !cJSON_AddNumberToObject(o, "message_id", (double)ex->running))) {
-		cJSON_Delete(o);
-		o = NULL;
-	}
-	resp_json(ex->r, 409, o);
-}
-
 /* The user's cap on open streams (stream) or on chats in progress,
  * before anything is written or sent upstream for this one. */
 static int admit(struct exchange *ex, int stream)
 {
-	char msg[128];
-	cJSON *o;
-
 	if (limits_enter(ex->user.id, &ex->stream_slot) == 0)
 		return 0;
 	if (stream)
-		snprintf(msg, sizeof msg,
-			 "Too many open streams: at most %d per user. Close one and retry.",
-			 config.max_streams_per_user);
+		resp_problem_set(&ex->problem, 429, NULL,
+				 "Too many open streams: at most %d per user. Close one and retry.",
+				 config.max_streams_per_user);
 	else
-		snprintf(msg, sizeof msg,
-			 "Too many chats in progress: at most %d per user. Wait for one to "
-			 "finish and retry.",
-			 config.max_chats_per_user);
-	o = cJSON_CreateObject();
-	if (o && !cJSON_AddStringToObject(o, "detail", msg)) {
-		cJSON_Delete(o);
-		o = NULL;
-	}
-	resp_json_headers(ex->r, 429, o, "Retry-After: 5\r\n");
+		resp_problem_set(&ex->problem, 429, NULL,
+				 "Too many chats in progress: at most %d per user. Wait for one to "
+				 "finish and retry.",
+				 config.max_chats_per_user);
+	ex->problem.retry_after = 5;
 	return -1;
 }
 
@@ -272,16 +312,16 @@ int exchange_begin(struct exchange *ex, struct request *r, int from_query, int s
 {
 	exchange_zero(ex, r);
 	if (auth_require(r, from_query, &ex->user) < 0)
-		return -1;
+		return -1; /* answered (401) */
 	ex->have_user = 1;
-	if ((from_query ? read_input_query(ex) : read_input_body(ex)) < 0)
-		return -1;
-	if (admit(ex, stream) < 0)
+	if ((from_query ? read_input_query(ex) : read_input_body(ex)) < 0 || admit(ex, stream) < 0)
 		return -1;
 	switch (load_context(ex, stream)) {
 	case 0: return 0;
-	case 1: busy(ex); return -1;
-	default: resp_detail(r, 503, "Database unavailable, please retry."); return -1;
+	case 1: return -1;
+	default:
+		return resp_problem_set(&ex->problem, 503, NULL,
+					"Database unavailable, please retry.");
 	}
 }
 
@@ -332,9 +372,9 @@ static int stop_requested(void *ctx)
 	return ex->stopped;
 }
 
-int exchange_messages(struct exchange *ex, struct upstream_message **out, int *nout)
+int exchange_messages(struct exchange *ex, struct wire_message **out, int *nout)
 {
-	struct upstream_message *msgs;
+	struct wire_message *msgs;
 	int i, n = 0;
 
 	msgs = calloc((size_t)ex->history.n + 2, sizeof *msgs);
@@ -362,7 +402,7 @@ void exchange_release_context(struct exchange *ex)
 
 int exchange_run(struct exchange *ex, int total_timeout)
 {
-	struct upstream_message *msgs;
+	struct wire_message *msgs;
 	struct upstream_call call;
 	int n, rc;
 
@@ -372,6 +412,7 @@ int exchange_run(struct exchange *ex, int total_timeout)
 		return -1;
 	}
 	memset(&call, 0, sizeof call);
+	call.model = ex->model;
 	call.messages = msgs;
 	call.nmessages = n;
 	call.on_content = collect;
@@ -408,12 +449,15 @@ int exchange_store(struct exchange *ex, const char *status, const char *error)
 		.text = buf_str(&ex->reply),
 		.len = ex->reply.len,
 		.status = status,
-		.prompt_tokens = ex->result.prompt_eval_count,
-		.completion_tokens = ex->result.eval_count,
+		.prompt_tokens = ex->result.prompt_tokens,
+		.completion_tokens = ex->result.completion_tokens,
 		.chunks = ex->chunks_lost ? NULL : ex->chunks.data,
 		.chunks_len = ex->chunks.len,
 		.error = error,
+		.model = ex->model,
+		.finish_reason = ex->result.finish_reason,
 	};
+	int counted = rep.prompt_tokens >= 0 || rep.completion_tokens >= 0;
 	struct db *d;
 	int rc;
 
@@ -427,14 +471,20 @@ int exchange_store(struct exchange *ex, const char *status, const char *error)
 	if (!d)
 		return -1;
 	rc = db_begin(d) == 0 && store_rows(ex, d, &rep) == 0 &&
+			     (!counted ||
+			      usage_record(d, ex->message_id, ex->user.id, ex->model,
+					   rep.prompt_tokens, rep.completion_tokens) == 0) &&
 			     (!ex->claimed || generations_release(d, ex->message_id) == 0) &&
 			     db_commit(d) == 0
 		     ? 0
 		     : -1;
-	if (rc < 0)
+	if (rc < 0) {
 		log_error("storing exchange of user %lld failed: %s", ex->user.id, db_errmsg(d));
-	else
+	} else {
 		ex->claimed = 0;
+		if (counted)
+			metrics_tokens(ex->model_index, rep.prompt_tokens, rep.completion_tokens);
+	}
 	db_release(d); /* rolls back what failed */
 	return rc;
 }

@@ -22,6 +22,7 @@
 #include "history.h"
 #include "prompt.h"
 #include "request.h"
+#include "response.h"
 #include "upstream.h"
 #include "users.h"
 
@@ -30,6 +31,8 @@ struct exchange {
 	struct user user;
 	int have_user;
 	char conversation[CONVERSATION_ID_MAX + 1];
+	const char *model;	/* one of config.models: "model", or the default */
+	int model_index;	/* ... its index there */
 	struct buf message;	/* the user's message */
 	struct history history; /* the last N messages, oldest first */
 	struct prompt prompt;
@@ -48,19 +51,23 @@ struct exchange {
 	int resumable;	   /* "resumable": true: the model goes on without its client */
 	int claimed;	   /* the generations row is ours (generations.h) */
 	int stopped;	   /* POST /api/chat/stop/ asked (exchange_run) */
-	long long running; /* exchange_begin() answered 409: the reply that runs */
+	long long running; /* exchange_begin() refused with 409: the reply that runs */
+	/* Why exchange_begin() refused, for the endpoint to answer
+	 * (status 0: auth or body parsing answered already). */
+	struct resp_problem problem;
 };
 
-/* from_query: read message, conversation_id (and access_token) from the
- * query string (GET of the stream) instead of the body.  Counts the
- * exchange against the user's cap of this process's kind, open streams or
- * chats in progress (429 past it, limits.h).  stream: reserve its message
- * ids now.  0, or -1 with the error answer already sent. */
+/* from_query: read message, conversation_id, model, resumable (and
+ * access_token) from the query string (GET of the stream) instead of the
+ * body.  Counts the exchange against the user's cap of this process's
+ * kind, open streams or chats in progress (429 past it, limits.h), and
+ * the daily token quota.  stream: reserve its message ids now.  0, or -1
+ * with ex->problem to answer (resp_problem()). */
 int exchange_begin(struct exchange *ex, struct request *r, int from_query, int stream);
 
 /* The messages to send upstream: system prompt, history, the new one.
  * *msgs points into ex; the caller frees the array.  0 or -1. */
-int exchange_messages(struct exchange *ex, struct upstream_message **msgs, int *n);
+int exchange_messages(struct exchange *ex, struct wire_message **msgs, int *n);
 
 /* Free the history and prompt text once the upstream request holds them. */
 void exchange_release_context(struct exchange *ex);

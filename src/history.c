@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "utf8.h"
+
 int history_conversation_valid(const char *id)
 {
 	size_t i;
@@ -117,11 +119,20 @@ static int add_usage(cJSON *m, sqlite3_stmt *st, int i)
 	return 0;
 }
 
+/* "name": column i of st, unless it is NULL.  0 or -1. */
+static int add_text(cJSON *m, sqlite3_stmt *st, int i, const char *name)
+{
+	const char *v = (const char *)sqlite3_column_text(st, i);
+
+	return !v || cJSON_AddStringToObject(m, name, v) ? 0 : -1;
+}
+
 cJSON *history_list(struct db *d, long long user_id, const char *conversation)
 {
 	static const char sql[] =
-		"SELECT id, role, content, created_at, status, prompt_tokens, completion_tokens "
-		"FROM messages WHERE user_id = ?1 AND conversation_id = ?2 ORDER BY id";
+		"SELECT id, role, content, created_at, status, prompt_tokens, completion_tokens, "
+		"model, finish_reason FROM messages WHERE user_id = ?1 AND conversation_id = ?2 "
+		"ORDER BY id";
 	sqlite3_stmt *st = db_stmt(d, sql);
 	cJSON *list = cJSON_CreateArray(), *m;
 	int rc;
@@ -145,7 +156,8 @@ cJSON *history_list(struct db *d, long long user_id, const char *conversation)
 		    !cJSON_AddStringToObject(m, "content", text ? text : "") ||
 		    !cJSON_AddStringToObject(m, "created_at", when ? when : "") ||
 		    !cJSON_AddStringToObject(m, "status", status ? status : "done") ||
-		    add_usage(m, st, 5) < 0)
+		    add_usage(m, st, 5) < 0 || add_text(m, st, 7, "model") < 0 ||
+		    add_text(m, st, 8, "finish_reason") < 0)
 			goto fail;
 	}
 	if (rc != SQLITE_DONE)
@@ -201,11 +213,15 @@ int history_store_message(struct db *d, long long id, long long user_id, const c
 	return step_done(st);
 }
 
-/* Bind the final fields of a reply to ?5..?10 of a statement that
- * inserts or updates one (status, complete, the two counters, the chunk
- * ends, the error). */
+/* Bind the final fields of a reply to ?5..?10, ?12 and ?13 of a
+ * statement that inserts or updates one (status, complete, the two
+ * counters, the chunk ends, the error; the model, the finish reason). */
 static void bind_reply(sqlite3_stmt *st, const struct history_reply *rep)
 {
+	if (rep->model)
+		sqlite3_bind_text(st, 12, rep->model, -1, SQLITE_STATIC);
+	if (rep->finish_reason && rep->finish_reason[0])
+		sqlite3_bind_text(st, 13, rep->finish_reason, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 5, rep->status, -1, SQLITE_STATIC);
 	sqlite3_bind_int(st, 6, strcmp(rep->status, "done") == 0);
 	if (rep->prompt_tokens >= 0)
@@ -223,8 +239,10 @@ int history_store(struct db *d, long long user_id, const char *conversation, lon
 {
 	static const char sql[] = "INSERT INTO messages (id, user_id, conversation_id, role, "
 				  "content, status, complete, "
-				  "prompt_tokens, completion_tokens, chunks, error) "
-				  "VALUES (?1, ?2, ?3, 'assistant', ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+				  "prompt_tokens, completion_tokens, chunks, error, model, "
+				  "finish_reason) "
+				  "VALUES (?1, ?2, ?3, 'assistant', ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
+				  "?12, ?13)";
 	sqlite3_stmt *st;
 
 	if (history_store_message(d, user_msg_id, user_id, conversation, "user", user_text,
@@ -238,16 +256,17 @@ int history_store(struct db *d, long long user_id, const char *conversation, lon
 }
 
 int history_start_reply(struct db *d, long long reply_id, long long user_id,
-			const char *conversation)
+			const char *conversation, const char *model)
 {
 	static const char sql[] = "INSERT INTO messages (id, user_id, conversation_id, role, "
-				  "content, complete, status) "
-				  "VALUES (?1, ?2, ?3, 'assistant', '', 0, 'streaming')";
+				  "content, complete, status, model) "
+				  "VALUES (?1, ?2, ?3, 'assistant', '', 0, 'streaming', ?4)";
 	sqlite3_stmt *st = db_stmt(d, sql);
 
 	if (!st)
 		return -1;
 	bind_row(st, reply_id, user_id, conversation);
+	sqlite3_bind_text(st, 4, model, -1, SQLITE_STATIC);
 	return step_done(st);
 }
 
@@ -259,18 +278,19 @@ int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, 
 	static const char sql_final[] =
 		"INSERT INTO messages (id, user_id, conversation_id, role, content, status, "
 		"complete, "
-		"prompt_tokens, completion_tokens, chunks, error) "
-		"SELECT ?1, ?2, ?3, 'assistant', ?4, ?5, ?6, ?7, ?8, ?9, ?10 WHERE EXISTS "
+		"prompt_tokens, completion_tokens, chunks, error, model, finish_reason) "
+		"SELECT ?1, ?2, ?3, 'assistant', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?12, ?13 WHERE "
+		"EXISTS "
 		"(SELECT 1 FROM messages WHERE id = ?11 AND user_id = ?2 AND role = 'user') "
 		"ON CONFLICT (id) DO UPDATE SET content = excluded.content, "
 		"status = excluded.status, complete = excluded.complete, "
 		"prompt_tokens = excluded.prompt_tokens, completion_tokens = "
 		"excluded.completion_tokens, chunks = excluded.chunks, error = "
-		"excluded.error";
+		"excluded.error, model = excluded.model, finish_reason = excluded.finish_reason";
 	static const char sql_partial[] =
 		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete, "
-		"status) "
-		"SELECT ?1, ?2, ?3, 'assistant', ?4, 0, 'streaming' WHERE EXISTS "
+		"status, model) "
+		"SELECT ?1, ?2, ?3, 'assistant', ?4, 0, 'streaming', ?12 WHERE EXISTS "
 		"(SELECT 1 FROM messages WHERE id = ?11 AND user_id = ?2 AND role = 'user') "
 		"ON CONFLICT (id) DO UPDATE SET content = excluded.content "
 		"WHERE messages.status = 'streaming' AND "
@@ -283,6 +303,8 @@ int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, 
 	sqlite3_bind_text(st, 4, rep->text, (int)rep->len, SQLITE_STATIC);
 	if (!partial)
 		bind_reply(st, rep);
+	else if (rep->model)
+		sqlite3_bind_text(st, 12, rep->model, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 11, user_msg_id);
 	return step_done(st);
 }
@@ -338,12 +360,21 @@ static void *column_copy(sqlite3_stmt *st, int i, size_t *len)
 	return c;
 }
 
+/* Column i's text into a fixed field, cut between characters ("" NULL). */
+static void copy_text(char *out, size_t cap, sqlite3_stmt *st, int i)
+{
+	const char *v = (const char *)sqlite3_column_text(st, i);
+
+	utf8_copy(out, cap, v ? v : "");
+}
+
 int history_get_reply(struct db *d, long long user_id, long long message_id,
 		      struct history_stored *out)
 {
 	static const char sql[] =
 		"SELECT conversation_id, status, content, chunks, error, prompt_tokens, "
-		"completion_tokens FROM messages WHERE id = ?1 AND user_id = ?2 AND role = "
+		"completion_tokens, model, finish_reason FROM messages WHERE id = ?1 AND user_id = "
+		"?2 AND role = "
 		"'assistant'";
 	sqlite3_stmt *st = db_stmt(d, sql);
 	int rc;
@@ -371,6 +402,8 @@ int history_get_reply(struct db *d, long long user_id, long long message_id,
 		out->completion_tokens = sqlite3_column_type(st, 6) == SQLITE_NULL
 						 ? -1
 						 : sqlite3_column_int64(st, 6);
+		copy_text(out->model, sizeof out->model, st, 7);
+		copy_text(out->finish_reason, sizeof out->finish_reason, st, 8);
 		if (!out->text) {
 			sqlite3_reset(st);
 			history_stored_free(out);

@@ -38,7 +38,8 @@ int history_last(struct db *d, long long user_id, const char *conversation, int 
 void history_free(struct history *h);
 
 /* All messages as a JSON array of {id, role, content, created_at, status}
- * (and usage {prompt_tokens, completion_tokens} on replies that have it). */
+ * (and, on replies that have them, usage {prompt_tokens,
+ * completion_tokens}, model and finish_reason). */
 cJSON *history_list(struct db *d, long long user_id, const char *conversation);
 
 /* Reserve the ids of the user message and the reply (ids come first so a
@@ -55,6 +56,8 @@ struct history_reply {
 	const void *chunks;			    /* NULL: not known */
 	size_t chunks_len;			    /* bytes */
 	const char *error;			    /* NULL: none */
+	const char *model;			    /* the model that wrote it */
+	const char *finish_reason;		    /* NULL or "": not known */
 };
 
 /* Store both messages.  Must run inside the caller's write transaction,
@@ -65,7 +68,7 @@ int history_store(struct db *d, long long user_id, const char *conversation, lon
 /* The empty reply row of a stream that starts, status 'streaming'.  In
  * the caller's write transaction.  0 or -1. */
 int history_start_reply(struct db *d, long long reply_id, long long user_id,
-			const char *conversation);
+			const char *conversation, const char *model);
 
 /* One message row.  In the caller's write transaction.  0 or -1. */
 int history_store_message(struct db *d, long long id, long long user_id, const char *conversation,
@@ -96,6 +99,8 @@ struct history_stored {
 	size_t chunks_len;
 	char *error;				    /* NULL: none */
 	long long prompt_tokens, completion_tokens; /* -1: none */
+	char model[201];			    /* "": not known (older rows) */
+	char finish_reason[32];
 };
 /* This user's reply message_id: 1 found, 0 none (or not a reply), -1. */
 int history_get_reply(struct db *d, long long user_id, long long message_id,

@@ -44,6 +44,8 @@ static const char *const endpoint_names[METRICS_EP_COUNT] = {
 	"chat_stream_ticket",
 	"chat_conversations",
 	"chat_stop",
+	"models",
+	"usage",
 	"other",
 };
 static const char *const upstream_error_names[METRICS_UE_COUNT] = {
@@ -398,6 +400,55 @@ void metrics_client_abort(void)
 		ADD(mine->client_aborts, 1);
 }
 
+_Static_assert(METRICS_NMODELS == CONFIG_MODELS_MAX, "a slot per model");
+
+void metrics_tokens(int model, long long prompt, long long completion)
+{
+	if (!mine || model < 0 || model >= METRICS_NMODELS)
+		return;
+	if (prompt > 0)
+		ADD(mine->tokens[model][0], (uint64_t)prompt);
+	if (completion > 0)
+		ADD(mine->tokens[model][1], (uint64_t)completion);
+}
+
+/* A label value: \, " and a line break escaped, as the exposition
+ * format wants.  0 or -1. */
+static int put_label(struct buf *out, const char *v)
+{
+	for (; *v; v++) {
+		int rc = *v == '\\'   ? buf_puts(out, "\\\\")
+			 : *v == '"'  ? buf_puts(out, "\\\"")
+			 : *v == '\n' ? buf_puts(out, "\\n")
+				      : buf_putc(out, *v);
+
+		if (rc != BUF_OK)
+			return -1;
+	}
+	return 0;
+}
+
+/* jarvas_tokens_total: the slots of the models configured now (a process
+ * started with another JARVAS_MODELS counted under its own order). */
+static int render_tokens(struct buf *out, const struct metrics_file *sum)
+{
+	static const char *const kinds[2] = {"prompt", "completion"};
+	int m, k;
+
+	if (buf_puts(out, "# HELP jarvas_tokens_total Tokens the upstream counted, by kind and "
+			  "model.\n# TYPE jarvas_tokens_total counter\n") != BUF_OK)
+		return -1;
+	for (m = 0; m < config.nmodels && m < METRICS_NMODELS; m++)
+		for (k = 0; k < 2; k++)
+			if (buf_printf(out, "jarvas_tokens_total{kind=\"%s\",model=\"", kinds[k]) !=
+				    BUF_OK ||
+			    put_label(out, config.models[m]) < 0 ||
+			    buf_printf(out, "\"} %llu\n", (unsigned long long)sum->tokens[m][k]) !=
+				    BUF_OK)
+				return -1;
+	return 0;
+}
+
 static int render_histogram(struct buf *out, const char *name, const char *help,
 			    const struct metrics_histogram *h, const double *bounds, size_t n)
 {
@@ -486,6 +537,8 @@ int metrics_render(struct buf *out)
 			       upstream_error_names[e],
 			       (unsigned long long)sum.upstream_errors[e]) != BUF_OK)
 			return -1;
+	if (render_tokens(out, &sum) < 0)
+		return -1;
 	return buf_printf(out,
 			  "# HELP jarvas_client_aborts_total Streams whose client left before the "
 			  "end.\n"

@@ -31,6 +31,8 @@ enum metrics_endpoint {
 	METRICS_EP_STREAM_TICKET,
 	METRICS_EP_CONVERSATIONS,
 	METRICS_EP_STOP,
+	METRICS_EP_MODELS,
+	METRICS_EP_USAGE,
 	METRICS_EP_OTHER,
 	METRICS_EP_COUNT
 };
@@ -58,7 +60,9 @@ struct metrics_histogram {
 };
 
 #define METRICS_MAGIC 0x6a617276u /* "jarv" */
-#define METRICS_VERSION 5	  /* 5: chat_stop, statuses 202 and 409 */
+#define METRICS_VERSION 6	  /* 6: tokens by model */
+/* Models counted apart: the slots follow config.models (CONFIG_MODELS_MAX). */
+#define METRICS_NMODELS 32
 
 /* A counter file as it is on disk (native byte order: it never leaves
  * the machine).  A reader takes a file only when its size, magic, version
@@ -80,6 +84,7 @@ struct metrics_file {
 	uint64_t cache_misses;
 	uint64_t upstream_errors[METRICS_UE_COUNT];
 	uint64_t client_aborts;
+	uint64_t tokens[METRICS_NMODELS][2]; /* [model][0 prompt, 1 completion] */
 };
 
 /* What a reader makes of the n bytes of a file: 0 with a copy in *out
@@ -102,6 +107,8 @@ void metrics_upstream_error(enum metrics_upstream_error kind);
 /* Its label ("connect", "timeout", ...), also for log lines. */
 const char *metrics_upstream_error_name(enum metrics_upstream_error kind);
 void metrics_client_abort(void);
+/* Tokens a reply of config.models[model] cost (negative: not known). */
+void metrics_tokens(int model, long long prompt, long long completion);
 
 /* Prometheus text exposition of the sum over all processes. */
 int metrics_render(struct buf *out);

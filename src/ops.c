@@ -72,7 +72,8 @@ void ops_health(struct request *r)
 {
 	char db_err[256], up_err[256], key_note[1024];
 	int db_ok = database_ok(db_err, sizeof db_err) == 0;
-	int up_ok = upstream_health(HEALTH_UPSTREAM_TIMEOUT_MS, up_err, sizeof up_err) == 0;
+	int up_ok =
+		upstream_models(HEALTH_UPSTREAM_TIMEOUT_MS, NULL, NULL, up_err, sizeof up_err) == 0;
 	int key_ok = config_secret_check(key_note, sizeof key_note) == 0;
 	cJSON *o = cJSON_CreateObject();
 	struct buf msg;

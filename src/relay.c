@@ -671,7 +671,7 @@ static int final_event(struct buf *ev, const struct stream *s, const char *statu
 	if (!stored)
 		return sse_error(ev, id, seq, "The reply could not be saved; please retry.");
 	if (strcmp(status, "done") == 0 || strcmp(status, "stopped") == 0)
-		return sse_done(ev, id, seq, ex->conversation, &ex->result,
+		return sse_done(ev, id, seq, ex->conversation, ex->model, &ex->result,
 				strcmp(status, "stopped") == 0);
 	if (s->restarting)
 		return sse_error(ev, id, seq,
@@ -1280,7 +1280,7 @@ static int take_connection(struct stream *s, struct request *r)
 
 int relay_submit(struct request *r, struct exchange *ex)
 {
-	struct upstream_message *msgs = NULL;
+	struct wire_message *msgs = NULL;
 	struct upstream_call call = {0};
 	struct stream *s = new_stream(r);
 	int n;
@@ -1290,6 +1290,7 @@ int relay_submit(struct request *r, struct exchange *ex)
 	s->x.curl = take_handle();
 	if (!s->x.curl || exchange_messages(ex, &msgs, &n) < 0)
 		goto fail;
+	call.model = ex->model;
 	call.messages = msgs;
 	call.nmessages = n;
 	call.on_content = on_content;

@@ -6,11 +6,13 @@
 #include "response.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "buf.h"
 #include "request.h"
+#include "utf8.h"
 
 static const char *reason_phrase(int status)
 {
@@ -167,6 +169,42 @@ int resp_field_error(struct request *r, const char *field, const char *message)
 		return resp_json(r, 500, NULL);
 	}
 	return resp_json(r, 400, o);
+}
+
+int resp_problem_set(struct resp_problem *p, int status, const char *field, const char *fmt, ...)
+{
+	char text[sizeof p->detail * 2];
+	va_list ap;
+
+	memset(p, 0, sizeof *p);
+	p->status = status;
+	p->field = field;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof text, fmt, ap);
+	va_end(ap);
+	utf8_copy(p->detail, sizeof p->detail, text);
+	return -1;
+}
+
+int resp_problem(struct request *r, const struct resp_problem *p)
+{
+	char headers[64] = "";
+	cJSON *o;
+
+	if (!p->status)
+		return 0;
+	if (p->field && p->status == 400)
+		return resp_field_error(r, p->field, p->detail);
+	o = cJSON_CreateObject();
+	if (o && (!cJSON_AddStringToObject(o, "detail", p->detail) ||
+		  (p->message_id > 0 &&
+		   !cJSON_AddNumberToObject(o, "message_id", (double)p->message_id)))) {
+		cJSON_Delete(o);
+		o = NULL;
+	}
+	if (p->retry_after > 0)
+		snprintf(headers, sizeof headers, "Retry-After: %d\r\n", p->retry_after);
+	return resp_json_headers(r, p->status, o, headers[0] ? headers : NULL);
 }
 
 int resp_not_found(struct request *r)

@@ -31,6 +31,21 @@ int resp_field_error(struct request *r, const char *field, const char *message);
  * a 400 that names every bad field.  0 or -1 (out of memory). */
 int resp_add_field_error(cJSON *errors, const char *field, const char *message);
 int resp_not_found(struct request *r);
+
+/* Why a step of an endpoint refused a request, for the endpoint to
+ * answer (exchange.c decides, chat.c and stream.c render). */
+struct resp_problem {
+	int status;	   /* 0: nothing to answer (auth or body parsing did) */
+	const char *field; /* a 400 on this field: {"<field>": [detail]}; else {"detail"} */
+	char detail[256];
+	int retry_after;      /* seconds: a Retry-After header; 0: none */
+	long long message_id; /* > 0: "message_id" in the body (409) */
+};
+/* Fill p (detail formatted, cut between characters).  Returns -1, the
+ * value the step returns with it. */
+int resp_problem_set(struct resp_problem *p, int status, const char *field, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+int resp_problem(struct request *r, const struct resp_problem *p);
 int resp_method_not_allowed(struct request *r, const char *allow);
 int resp_no_content(struct request *r);
 

@@ -67,12 +67,16 @@ int sse_chunk(struct buf *out, long long message_id, int seq, const char *text, 
 	return 0;
 }
 
-/* ", \"name\": N" for a counter the model reported.  0 or -1. */
-static int add_counter(struct buf *b, const char *name, long long v)
+/* ", \"name\": \"text\"", unless text is NULL or "".  0 or -1. */
+static int add_text(struct buf *b, const char *name, const char *text)
 {
-	if (v < 0)
+	if (!text || !text[0])
 		return 0;
-	return buf_printf(b, ", \"%s\": %lld", name, v) == BUF_OK ? 0 : -1;
+	return buf_printf(b, ", \"%s\": \"", name) == BUF_OK &&
+			       buf_json_escape(b, text, strlen(text)) == 0 &&
+			       buf_putc(b, '"') == BUF_OK
+		       ? 0
+		       : -1;
 }
 
 /* ", \"usage\": {...}" with the counters known; nothing without any. */
@@ -92,7 +96,7 @@ static int add_usage(struct buf *b, long long prompt_tokens, long long completio
 }
 
 int sse_done(struct buf *out, long long message_id, int seq, const char *conversation,
-	     const struct upstream_result *res, int stopped)
+	     const char *model, const struct upstream_result *res, int stopped)
 {
 	if (put_id(out, message_id, seq) < 0 ||
 	    buf_printf(out,
@@ -101,11 +105,9 @@ int sse_done(struct buf *out, long long message_id, int seq, const char *convers
 		       conversation, /* conversation ids are [A-Za-z0-9_-] */
 		       message_id, stopped ? "stopped" : "done",
 		       stopped ? ", \"stopped\": true" : "") != BUF_OK ||
-	    add_usage(out, res->prompt_eval_count, res->eval_count) < 0 ||
-	    add_counter(out, "eval_count", res->eval_count) < 0 ||
-	    add_counter(out, "prompt_eval_count", res->prompt_eval_count) < 0 ||
-	    add_counter(out, "total_duration", res->total_duration) < 0 ||
-	    add_counter(out, "eval_duration", res->eval_duration) < 0 ||
+	    add_text(out, "model", model) < 0 ||
+	    add_usage(out, res->prompt_tokens, res->completion_tokens) < 0 ||
+	    add_text(out, "finish_reason", res->finish_reason) < 0 ||
 	    buf_puts(out, "}\n\n") != BUF_OK)
 		return -1;
 	return 0;

@@ -45,9 +45,10 @@ int sse_start(struct request *r, long long message_id, int seq, const char *comm
  * (out of memory or past out's cap). */
 int sse_chunk(struct buf *out, long long message_id, int seq, const char *text, size_t n);
 /* The end of a reply: status "done", or "stopped" with "stopped": true;
- * "usage" with the counters res has. */
+ * the model (NULL or "": not known), "usage" with the counters res has,
+ * and its finish_reason when it has one. */
 int sse_done(struct buf *out, long long message_id, int seq, const char *conversation,
-	     const struct upstream_result *res, int stopped);
+	     const char *model, const struct upstream_result *res, int stopped);
 int sse_error(struct buf *out, long long message_id, int seq, const char *message);
 
 #endif

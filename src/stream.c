@@ -31,6 +31,7 @@
 #include "relay.h"
 #include "response.h"
 #include "sse.h"
+#include "utf8.h"
 
 /* The 200 is out but the relay could not take the stream: end it with
  * an error event through libfcgi.  Nothing went upstream, nothing is
@@ -114,13 +115,12 @@ static void replay_stored(struct request *r, long long id, int seq, const struct
 	}
 	if (rc == 0) {
 		memset(&res, 0, sizeof res);
-		res.eval_count = h->completion_tokens;
-		res.prompt_eval_count = h->prompt_tokens;
-		res.total_duration = res.eval_duration = res.load_duration =
-			res.prompt_eval_duration = -1;
+		res.completion_tokens = h->completion_tokens;
+		res.prompt_tokens = h->prompt_tokens;
+		utf8_copy(res.finish_reason, sizeof res.finish_reason, h->finish_reason);
 		buf_reset(&ev);
 		if (strcmp(h->status, "done") == 0 || strcmp(h->status, "stopped") == 0)
-			rc = sse_done(&ev, id, (int)n + 1, h->conversation, &res,
+			rc = sse_done(&ev, id, (int)n + 1, h->conversation, h->model, &res,
 				      strcmp(h->status, "stopped") == 0);
 		else if (strcmp(h->status, "failed") == 0)
 			rc = sse_error(&ev, id, (int)n + 1,
@@ -291,8 +291,9 @@ static void stream_run(struct request *r, int from_query)
 		relay_unreserve();
 		return;
 	}
-	if (exchange_begin(ex, r, from_query, 1) == 0 &&
-	    sse_start(r, ex->message_id, 0, "connected") == 0) {
+	if (exchange_begin(ex, r, from_query, 1) < 0) {
+		resp_problem(r, &ex->problem);
+	} else if (sse_start(r, ex->message_id, 0, "connected") == 0) {
 		if (relay_submit(r, ex) == 0)
 			return; /* the relay has ex, the connection and the place */
 		fail_started(r, ex->message_id);

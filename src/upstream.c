@@ -1,11 +1,10 @@
 /*
- * upstream — libcurl client for Ollama's streaming chat (see upstream.h).
+ * upstream — the curl transport to the LLM server (see upstream.h).
  *
  * The hot path: curl's write callback → ndjson_feed() → parse_line() →
- * call->on_content().  In a blocking call the progress callback (curl
- * calls it at least once a second, also while nothing arrives) enforces
- * the idle and total timeouts; relay.c, which drives many transfers at
- * once, checks idleness itself.
+ * the protocol's decoder (wire/) → call->on_content().  In a blocking call the progress callback
+ * (curl calls it at least once a second, also while nothing arrives) enforces the idle and total
+ * timeouts; relay.c, which drives many transfers at once, checks idleness itself.
  */
 #include "upstream.h"
 
@@ -13,6 +12,7 @@
 #include <curl/curl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +26,7 @@
 #include "server.h"
 #include "utf8.h"
 
-#define LINE_MAX_BYTES (4u << 20)  /* one NDJSON line */
+#define LINE_MAX_BYTES (4u << 20)  /* one line of the answer */
 #define ERROR_BODY_MAX (64u << 10) /* body of a non-2xx answer we keep */
 
 /* A worker thread's handle for blocking calls (chat). */
@@ -36,8 +36,15 @@ struct upstream {
 };
 
 /* Built once by upstream_global_init(), read-only afterwards. */
-static struct curl_slist *headers;
+static const struct wire *wire;
+static struct curl_slist *headers;     /* of a chat request */
+static struct curl_slist *get_headers; /* of a GET: the API key alone */
 static char *chat_url;
+
+const struct wire *upstream_wire(void)
+{
+	return wire;
+}
 
 double upstream_now(void)
 {
@@ -65,14 +72,39 @@ static void share_unlock_fn(CURL *h, curl_lock_data what, void *ctx)
 	pthread_mutex_unlock(&share_lock);
 }
 
+/* "Authorization: Bearer KEY" appended when a key is set.  0 or -1. */
+static int add_key(struct curl_slist **list)
+{
+	struct buf h;
+	struct curl_slist *l;
+
+	if (!config.upstream_api_key)
+		return 0;
+	buf_init(&h, 16384);
+	if (buf_printf(&h, "Authorization: Bearer %s", config.upstream_api_key) != BUF_OK) {
+		buf_free(&h);
+		return -1;
+	}
+	l = curl_slist_append(*list, buf_str(&h));
+	sodium_memzero(h.data, h.len); /* curl keeps its own copy */
+	buf_free(&h);
+	if (!l)
+		return -1;
+	*list = l;
+	return 0;
+}
+
 int upstream_global_init(void)
 {
 	struct buf url;
 
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		return -1;
+	wire = wire_find(config.upstream_api);
+	if (!wire)
+		return -1; /* config_load() refused it already */
 	buf_init(&url, 8192);
-	if (buf_printf(&url, "%s/api/chat", config.upstream_url) != BUF_OK) {
+	if (buf_printf(&url, "%s%s", config.upstream_url, wire->chat_path) != BUF_OK) {
 		buf_free(&url);
 		return -1;
 	}
@@ -81,7 +113,7 @@ int upstream_global_init(void)
 	headers = curl_slist_append(NULL, "Content-Type: application/json");
 	if (headers)
 		headers = curl_slist_append(headers, "Expect:");
-	if (!headers || !chat_url)
+	if (!headers || !chat_url || add_key(&headers) < 0 || add_key(&get_headers) < 0)
 		return -1;
 	share = curl_share_init();
 	if (!share || curl_share_setopt(share, CURLSHOPT_LOCKFUNC, share_lock_fn) ||
@@ -102,7 +134,8 @@ void upstream_global_cleanup(void)
 		curl_share_cleanup(share);
 	share = NULL;
 	curl_slist_free_all(headers);
-	headers = NULL;
+	curl_slist_free_all(get_headers);
+	headers = get_headers = NULL;
 	free(chat_url);
 	chat_url = NULL;
 	curl_global_cleanup();
@@ -170,119 +203,6 @@ static void fail_with(struct upstream_xfer *s, enum metrics_upstream_error kind,
 	utf8_copy(s->res->error, sizeof s->res->error, text);
 }
 
-static long long counter(const cJSON *o, const char *name)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-
-	return cJSON_IsNumber(v) ? (long long)v->valuedouble : -1;
-}
-
-static void keep_counters(struct upstream_result *res, const cJSON *o)
-{
-	const cJSON *reason = cJSON_GetObjectItemCaseSensitive(o, "done_reason");
-
-	res->eval_count = counter(o, "eval_count");
-	res->prompt_eval_count = counter(o, "prompt_eval_count");
-	res->total_duration = counter(o, "total_duration");
-	res->load_duration = counter(o, "load_duration");
-	res->prompt_eval_duration = counter(o, "prompt_eval_duration");
-	res->eval_duration = counter(o, "eval_duration");
-	if (cJSON_IsString(reason))
-		snprintf(res->done_reason, sizeof res->done_reason, "%s", reason->valuestring);
-}
-
-/* cJSON turns "\u0000" (and a raw NUL) inside a string into a C string
- * that ends early, silently cutting the text after it.  A copy of the
- * line with each one written as "\ufffd" instead; NULL when the line
- * has none (the usual case) or memory ran out (*oom set). */
-static char *without_nul(const char *line, size_t n, size_t *outlen, int *oom)
-{
-	struct buf b;
-	size_t i, run = 0;
-	int in_string = 0;
-
-	*oom = 0;
-	if (!memchr(line, '\0', n) && !memmem(line, n, "u0000", 5))
-		return NULL;
-	buf_init(&b, 6 * n + 1);
-	for (i = 0; i < n; i++) {
-		const char *nul = NULL;
-		size_t skip = 1;
-
-		if (line[i] == '\0') {
-			nul = "\\ufffd";
-		} else if (!in_string) {
-			in_string = line[i] == '"';
-		} else if (line[i] == '"') {
-			in_string = 0;
-		} else if (line[i] == '\\' && i + 1 < n) {
-			if (line[i + 1] == 'u' && i + 5 < n &&
-			    memcmp(line + i + 2, "0000", 4) == 0) {
-				nul = "\\ufffd";
-				skip = 6;
-			} else {
-				i++; /* the escaped character */
-			}
-		}
-		if (!nul)
-			continue;
-		if (buf_append(&b, line + run, i - run) != BUF_OK || buf_puts(&b, nul) != BUF_OK) {
-			*oom = 1;
-			buf_free(&b);
-			return NULL;
-		}
-		i += skip - 1;
-		run = i + 1;
-	}
-	if (buf_append(&b, line + run, n - run) != BUF_OK) {
-		*oom = 1;
-		buf_free(&b);
-		return NULL;
-	}
-	*outlen = b.len;
-	return buf_steal(&b);
-}
-
-int upstream_line_decode(const char *line, size_t n, struct upstream_line *out)
-{
-	const cJSON *msg, *content, *err, *done;
-	const char *end = NULL, *text;
-	char *copy;
-	size_t len;
-	int oom;
-
-	memset(out, 0, sizeof *out);
-	copy = without_nul(line, n, &n, &oom);
-	if (oom)
-		return -1;
-	text = copy ? copy : line;
-	out->json = cJSON_ParseWithLengthOpts(text, n, &end, 0);
-	while (out->json && end < text + n && (*end == ' ' || *end == '\t' || *end == '\r'))
-		end++;
-	len = (size_t)(end - text);
-	free(copy);
-	if (!cJSON_IsObject(out->json) || len != n)
-		return -1; /* not one object, or something after it */
-	err = cJSON_GetObjectItemCaseSensitive(out->json, "error");
-	if (err) {
-		out->error = cJSON_IsString(err) ? err->valuestring
-						 : "The language model reported an error.";
-		return 0;
-	}
-	msg = cJSON_GetObjectItemCaseSensitive(out->json, "message");
-	content = cJSON_GetObjectItemCaseSensitive(msg, "content");
-	done = cJSON_GetObjectItemCaseSensitive(out->json, "done");
-	if ((content && !cJSON_IsString(content)) || (done && !cJSON_IsBool(done)) ||
-	    (!content && !cJSON_IsTrue(done)))
-		return -1;
-	if (content) {
-		out->content = content->valuestring;
-		out->len = strlen(content->valuestring);
-	}
-	out->done = cJSON_IsTrue(done);
-	return 0;
-}
-
 /* Hand a piece of content on as valid UTF-8.  A character split between
  * two pieces is joined again (the start waits in s->tail); anything else
  * invalid becomes U+FFFD.  The usual piece is valid and whole, and goes
@@ -320,37 +240,50 @@ static int give_content(struct upstream_xfer *s, const char *text, size_t n, int
 	return n && s->call.on_content(s->call.ctx, p, n) < 0 ? -1 : 0;
 }
 
-/* One NDJSON line of a 2xx answer. */
+/* What a decoded line tells about the answer: its usage, its finish. */
+static void keep_line(struct upstream_xfer *s, const struct wire_line *l)
+{
+	if (l->prompt_tokens >= 0)
+		s->res->prompt_tokens = l->prompt_tokens;
+	if (l->completion_tokens >= 0)
+		s->res->completion_tokens = l->completion_tokens;
+	if (l->finish_reason) {
+		s->finished = 1;
+		utf8_copy(s->res->finish_reason, sizeof s->res->finish_reason, l->finish_reason);
+	}
+}
+
+/* One line of a 2xx answer. */
 static int parse_line(void *ctx, const char *line, size_t n)
 {
 	struct upstream_xfer *s = ctx;
-	struct upstream_line l;
-	int rc = -1;
+	struct wire_line l;
+	int rc = -1, last;
 
-	if (s->done) {
-		fail_with(s, METRICS_UE_MALFORMED,
-			  "The language model sent data after its last message.");
-		return -1;
-	}
-	if (upstream_line_decode(line, n, &l) < 0) {
+	if (wire->decode(line, n, &l) < 0) {
 		fail_with(s, METRICS_UE_MALFORMED,
 			  "The language model sent a malformed response line.");
 	} else if (l.error) {
 		fail_with(s, METRICS_UE_ERROR_LINE, "%s", l.error);
-	} else if ((l.len || (l.done && s->tail_len)) &&
-		   give_content(s, l.content ? l.content : "", l.len, l.done) < 0) {
+	} else if (s->done && (l.content || l.end || l.finish_reason || l.prompt_tokens >= 0 ||
+			       l.completion_tokens >= 0)) {
+		fail_with(s, METRICS_UE_MALFORMED,
+			  "The language model sent data after its last message.");
+	} else if (last = l.end || l.finish_reason,
+		   (l.len || (last && s->tail_len)) &&
+			   give_content(s, l.content ? l.content : "", l.len, last) < 0) {
 		s->stopped = 1;
 	} else {
-		if (l.done) {
+		keep_line(s, &l);
+		if (l.end) {
 			s->done = 1;
 			s->done_at = upstream_now();
-			keep_counters(s->res, l.json);
 			if (s->call.on_done)
 				s->call.on_done(s->call.ctx);
 		}
 		rc = 0;
 	}
-	cJSON_Delete(l.json);
+	wire_line_free(&l);
 	return rc;
 }
 
@@ -422,40 +355,18 @@ static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off
 	return 0;
 }
 
-/* The Ollama request, written straight into out: a cJSON tree of every
- * history message, printed and freed, cost more than the rest of a
- * request's own work.  Same bytes as cJSON_PrintUnformatted (the same
- * escapes, UTF-8 passed through). */
-static int build_body(struct buf *out, const struct upstream_call *call)
-{
-	int i;
-
-	buf_reset(out);
-	if (buf_puts(out, "{\"model\":\"") != BUF_OK ||
-	    buf_json_escape(out, config.model, strlen(config.model)) < 0 ||
-	    buf_puts(out, "\",\"messages\":[") != BUF_OK)
-		return -1;
-	for (i = 0; i < call->nmessages; i++) {
-		const struct upstream_message *m = &call->messages[i];
-
-		if (buf_puts(out, i ? ",{\"role\":\"" : "{\"role\":\"") != BUF_OK ||
-		    buf_json_escape(out, m->role, strlen(m->role)) < 0 ||
-		    buf_puts(out, "\",\"content\":\"") != BUF_OK ||
-		    buf_json_escape(out, m->content, strlen(m->content)) < 0 ||
-		    buf_puts(out, "\"}") != BUF_OK)
-			return -1;
-	}
-	return buf_puts(out, "],\"stream\":true}") == BUF_OK ? 0 : -1;
-}
-
 void upstream_http_reason(const char *body, size_t n, long status, char *out, size_t cap)
 {
 	cJSON *o = cJSON_ParseWithLength(body ? body : "", n);
 	const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
+	const cJSON *msg =
+		cJSON_GetObjectItemCaseSensitive(cJSON_IsObject(err) ? err : o, "message");
 	char fallback[64];
 
 	if (cJSON_IsString(err) && err->valuestring[0]) {
 		utf8_copy(out, cap, err->valuestring);
+	} else if (cJSON_IsString(msg) && msg->valuestring[0]) {
+		utf8_copy(out, cap, msg->valuestring);
 	} else {
 		snprintf(fallback, sizeof fallback, "The language model answered HTTP %ld.",
 			 status);
@@ -464,7 +375,7 @@ void upstream_http_reason(const char *body, size_t n, long status, char *out, si
 	cJSON_Delete(o);
 }
 
-/* The reason in a non-2xx answer: Ollama's {"error": "..."} if present. */
+/* The reason in a non-2xx answer, as the server put it. */
 static void fail_http(struct upstream_xfer *s)
 {
 	char reason[sizeof s->res->error];
@@ -474,23 +385,32 @@ static void fail_http(struct upstream_xfer *s)
 	fail_with(s, METRICS_UE_HTTP, "%s", reason);
 }
 
+/* HTTPS: curl verifies the certificate and the host name by default;
+ * a private CA comes from JARVAS_UPSTREAM_CA_FILE. */
+static void set_tls(CURL *c)
+{
+	if (config.upstream_ca_file)
+		curl_easy_setopt(c, CURLOPT_CAINFO, config.upstream_ca_file);
+}
+
 int upstream_xfer_prepare(struct upstream_xfer *x, const struct upstream_call *call,
 			  struct upstream_result *res, int blocking)
 {
 	CURL *c = x->curl;
 
 	memset(res, 0, sizeof *res);
-	res->eval_count = res->prompt_eval_count = res->total_duration = -1;
-	res->load_duration = res->prompt_eval_duration = res->eval_duration = -1;
+	res->prompt_tokens = res->completion_tokens = -1;
 	x->call = *call;
 	x->res = res;
 	x->http_status = 0;
-	x->done = x->failed = x->stopped = 0;
+	x->finished = x->done = x->failed = x->stopped = 0;
 	x->curl_error[0] = '\0';
 	ndjson_reset(&x->nd);
 	buf_reset(&x->error_body);
 	x->tail_len = 0;
-	if (!c || build_body(&x->request_body, call) < 0) {
+	buf_reset(&x->request_body);
+	if (!c ||
+	    wire->chat_body(&x->request_body, call->model, call->messages, call->nmessages) < 0) {
 		res->outcome = UPSTREAM_FAILED;
 		res->kind = METRICS_UE_OTHER;
 		snprintf(res->error, sizeof res->error, "Out of memory.");
@@ -516,8 +436,9 @@ int upstream_xfer_prepare(struct upstream_xfer *x, const struct upstream_call *c
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, (long)config.upstream_connect_timeout);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, x->curl_error);
 	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-	/* Ollama's lines are a few hundred bytes: 16 KiB per stream is waste. */
+	/* The lines are a few hundred bytes: 16 KiB per stream is waste. */
 	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 4096L);
+	set_tls(c);
 	if (blocking && share) {
 		curl_easy_setopt(c, CURLOPT_SHARE, share);
 		curl_easy_setopt(c, CURLOPT_MAXCONNECTS, 1024L);
@@ -550,9 +471,10 @@ int upstream_xfer_finish(struct upstream_xfer *s, CURLcode cc)
 		s->http_status = res->http_status;
 		fail_http(s);
 	}
-	/* After the model's last line a transfer may be ended by us (the body
-	 * stayed open) or break: the answer is whole either way. */
-	if (!s->failed && cc != CURLE_OK && !s->done) {
+	/* After the model's last line (or its finish reason) a transfer may
+	 * be ended by us (the body stayed open) or break: the answer is whole
+	 * either way. */
+	if (!s->failed && cc != CURLE_OK && !s->done && !s->finished) {
 		if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST ||
 		    cc == CURLE_OPERATION_TIMEDOUT)
 			fail_with(s, METRICS_UE_CONNECT,
@@ -571,7 +493,7 @@ int upstream_xfer_finish(struct upstream_xfer *s, CURLcode cc)
 		res->outcome = UPSTREAM_STOPPED; /* that last line's receiver left */
 		return -1;
 	}
-	if (!s->failed && !s->done)
+	if (!s->failed && !s->done && !s->finished)
 		fail_with(s, METRICS_UE_CUT,
 			  "The language model's answer ended before it was finished.");
 	if (s->failed) {
@@ -603,40 +525,58 @@ int upstream_chat(struct worker *w, const struct upstream_call *call, struct ups
 	return upstream_xfer_finish(&u->x, curl_easy_perform(u->curl));
 }
 
-static size_t discard(char *p, size_t size, size_t nmemb, void *ctx)
+/* A GET's body, kept up to its cap (the rest is dropped: a list of
+ * models that long is not one to read). */
+static size_t keep_body(char *p, size_t size, size_t nmemb, void *ctx)
 {
-	(void)p, (void)ctx;
-	return size * nmemb;
+	struct buf *b = ctx;
+	size_t n = size * nmemb, room = b->max - b->len;
+
+	if (buf_append(b, p, n < room ? n : room) != BUF_OK)
+		buf_reset(b);
+	return n;
 }
 
-int upstream_health(int timeout_ms, char *err, size_t errlen)
+int upstream_models(int timeout_ms, void (*fn)(void *ctx, const char *name), void *ctx, char *err,
+		    size_t errlen)
 {
-	char url[4096], curl_error[CURL_ERROR_SIZE] = "";
-	CURL *c;
+	char curl_error[CURL_ERROR_SIZE] = "";
+	struct buf url, body;
+	CURL *c = NULL;
 	CURLcode cc;
 	long status = 0;
-	int n;
+	int rc = -1;
 
-	n = snprintf(url, sizeof url, "%s/api/tags", config.upstream_url);
-	if (n < 0 || (size_t)n >= sizeof url || !(c = curl_easy_init())) {
-		snprintf(err, errlen, "cannot build the health request");
-		return -1;
+	buf_init(&url, 8192);
+	buf_init(&body, ERROR_BODY_MAX * 16);
+	if (buf_printf(&url, "%s%s", config.upstream_url, wire->models_path) != BUF_OK ||
+	    !(c = curl_easy_init())) {
+		snprintf(err, errlen, "cannot build the request for %s", wire->models_path);
+		goto out;
 	}
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+	curl_easy_setopt(c, CURLOPT_URL, buf_str(&url));
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, get_headers);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, keep_body);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, curl_error);
+	set_tls(c);
 	cc = curl_easy_perform(c);
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-	curl_easy_cleanup(c);
 	if (cc != CURLE_OK) {
 		snprintf(err, errlen, "%s", curl_error[0] ? curl_error : curl_easy_strerror(cc));
-		return -1;
+	} else if (status != 200) {
+		snprintf(err, errlen, "GET %s answered HTTP %ld", wire->models_path, status);
+	} else if (fn && wire->models(body.data ? body.data : "", body.len, fn, ctx) < 0) {
+		snprintf(err, errlen, "GET %s answered something that is not a list of models",
+			 wire->models_path);
+	} else {
+		rc = 0;
 	}
-	if (status != 200) {
-		snprintf(err, errlen, "GET /api/tags answered HTTP %ld", status);
-		return -1;
-	}
-	return 0;
+out:
+	curl_easy_cleanup(c);
+	buf_free(&url);
+	buf_free(&body);
+	return rc;
 }

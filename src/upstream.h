@@ -1,6 +1,8 @@
 /*
- * upstream — the client for the LLM server (Ollama's POST /api/chat with
- * "stream": true, and GET /api/tags for health).
+ * upstream — the curl transport to the LLM server.  What goes over it is
+ * the protocol's business (wire/: Ollama's or OpenAI's, JARVAS_UPSTREAM_API);
+ * this file sends the request, feeds the answer line by line to the
+ * protocol's decoder and turns what comes back into calls to the caller.
  *
  * A transfer (struct upstream_xfer) runs either blocking in a worker
  * thread (chat: one curl handle per worker, reused, so the connection to
@@ -19,23 +21,20 @@
 #include "buf.h"
 #include "metrics.h"
 #include "ndjson.h"
+#include "wire/wire.h"
 
 struct worker;
 struct upstream;
 
-struct upstream_message {
-	const char *role;
-	const char *content;
-};
-
 struct upstream_call {
-	const struct upstream_message *messages;
+	const char *model; /* one of config.models */
+	const struct wire_message *messages;
 	int nmessages;
 	/* A piece of the reply, as the model sent it (repaired to valid
 	 * UTF-8).  Return -1 to stop (the client left, or the reply outgrew
 	 * its cap). */
 	int (*on_content)(void *ctx, const char *text, size_t n);
-	/* The model's last line ("done": true) arrived; NULL: not wanted. */
+	/* The answer's last line arrived; NULL: not wanted. */
 	void (*on_done)(void *ctx);
 	void *ctx;
 	int idle_timeout;  /* seconds of silence before giving up */
@@ -51,7 +50,7 @@ struct upstream_call {
 #define UPSTREAM_STOP_POLL_S 0.25
 
 enum upstream_outcome {
-	UPSTREAM_DONE,	  /* the model finished ("done": true) */
+	UPSTREAM_DONE,	  /* the model finished */
 	UPSTREAM_STOPPED, /* a callback asked to stop */
 	UPSTREAM_FAILED,  /* see kind and error */
 };
@@ -61,26 +60,12 @@ struct upstream_result {
 	enum metrics_upstream_error kind;
 	char error[512];
 	long http_status;
-	/* Counters of the final line; -1 when absent. */
-	long long eval_count, prompt_eval_count, total_duration, load_duration,
-		prompt_eval_duration, eval_duration;
-	char done_reason[32];
+	/* What the server counted, in either protocol's terms; -1: it did not say. */
+	long long prompt_tokens, completion_tokens;
+	/* Why the model stopped: "stop", "length" (cut by its token limit),
+	 * ...; "" when it did not say. */
+	char finish_reason[32];
 };
-
-/* One line of Ollama's stream, decoded: the content piece, the final
- * "done", or an {"error"}.  -1 for a line that is none of these.  The
- * content holds no NUL ("\u0000", which would cut a C string, becomes
- * U+FFFD); it may still end inside a character, which the next piece
- * completes (see upstream_xfer.tail).  The caller frees out->json
- * (content and error point into it). */
-struct upstream_line {
-	void *json; /* cJSON * */
-	const char *content;
-	size_t len;
-	int done;
-	const char *error;
-};
-int upstream_line_decode(const char *line, size_t n, struct upstream_line *out);
 
 /* One chat call's transfer: the curl handle (borrowed from the caller)
  * and everything curl's callbacks need.  Driven either to its end by
@@ -99,7 +84,8 @@ struct upstream_xfer {
 	size_t tail_len;
 	struct buf piece;
 	long http_status; /* 0 until the first body byte */
-	int done;	  /* saw "done": true */
+	int finished;	  /* saw a finish reason: the reply is whole */
+	int done;	  /* saw the answer's last line */
 	double done_at;	  /* ... at this time */
 	int failed;	  /* res->kind/error are set */
 	int stopped;	  /* a callback (or the caller) asked to stop */
@@ -136,8 +122,9 @@ int upstream_xfer_finish(struct upstream_xfer *x, CURLcode cc);
 int upstream_xfer_idle(struct upstream_xfer *x, double now);
 
 /* The reason to give for a non-2xx answer with this body: its
- * {"error": "..."} (Ollama's shape), else the status; repaired to valid
- * UTF-8 and cut between characters to fit cap.  Pure: fuzzed. */
+ * {"error": "..."} (Ollama), {"error": {"message": "..."}} (OpenAI) or
+ * {"message": "..."} (vLLM), else the status; repaired to valid UTF-8 and
+ * cut between characters to fit cap.  Pure: fuzzed. */
 void upstream_http_reason(const char *body, size_t n, long status, char *out, size_t cap);
 
 /* Seconds on CLOCK_MONOTONIC. */
@@ -150,7 +137,13 @@ void upstream_free(struct upstream *u);
  * completed (outcome DONE) and -1 otherwise; res says why. */
 int upstream_chat(struct worker *w, const struct upstream_call *call, struct upstream_result *res);
 
-/* GET /api/tags within timeout_ms.  0 ok, or -1 with a reason. */
-int upstream_health(int timeout_ms, char *err, size_t errlen);
+/* The protocol in use (JARVAS_UPSTREAM_API). */
+const struct wire *upstream_wire(void);
+
+/* GET the protocol's model list (/api/tags, /v1/models) within
+ * timeout_ms and call fn(ctx, name) for each model in it (fn NULL: only
+ * the health check).  0, or -1 with a reason. */
+int upstream_models(int timeout_ms, void (*fn)(void *ctx, const char *name), void *ctx, char *err,
+		    size_t errlen);
 
 #endif

@@ -1,7 +1,7 @@
 /*
  * fuzz_ndjson — libFuzzer target for the upstream read path: ndjson_feed()
  * splitting a stream cut at fuzzer-chosen points, each line handed to
- * upstream_line_decode() as upstream.c does.
+ * Ollama's decoder (wire/ollama.c) as upstream.c does.
  *
  * Invariants:
  *   - the lines that come out do not depend on where the reads were cut:
@@ -13,9 +13,9 @@
  *     callback returning -1 makes it return -1 at once;
  *   - with no error, ndjson_pending() is the length of the unterminated
  *     tail;
- *   - upstream_line_decode() returns 0 only for an object, and then gives
- *     an error, or a content string (len == strlen: "\u0000"
- *     does not cut it) and/or done.
+ *   - the decoder returns 0 only for an object, and then gives an error,
+ *     or a content string (len == strlen: "\u0000" does not cut it)
+ *     and/or the end (with a finish reason, "" when none).
  *
  * Input: byte 0 picks the line maximum, byte 1 (low 3 bits) a line after
  * which the callback stops (0: never), byte 2 (low 4 bits) the number of
@@ -30,7 +30,7 @@
 
 #include "buf.h"
 #include "ndjson.h"
-#include "upstream.h"
+#include "wire/wire.h"
 
 #define FUZZ_ASSERT(cond)                                                                          \
 	do {                                                                                       \
@@ -59,23 +59,24 @@ static void lines_add(struct lines *l, const char *p, size_t n)
 
 static void check_decoded_line(const char *line, size_t n)
 {
-	struct upstream_line u;
+	struct wire_line u;
 	int rc;
 
 	memset(&u, 0xa5, sizeof u);
-	rc = upstream_line_decode(line, n, &u);
+	rc = wire_ollama.decode(line, n, &u);
 	FUZZ_ASSERT(rc == 0 || rc == -1);
 	if (rc == 0) {
-		FUZZ_ASSERT(cJSON_IsObject((cJSON *)u.json));
-		FUZZ_ASSERT(u.done == 0 || u.done == 1);
+		FUZZ_ASSERT(cJSON_IsObject(u.json));
+		FUZZ_ASSERT(u.end == 0 || u.end == 1);
 		if (u.error) {
-			FUZZ_ASSERT(!u.content && !u.done);
+			FUZZ_ASSERT(!u.content && !u.end);
 		} else {
-			FUZZ_ASSERT(u.content || u.done);
+			FUZZ_ASSERT(u.content || u.end);
 			FUZZ_ASSERT(u.content ? strlen(u.content) == u.len : u.len == 0);
+			FUZZ_ASSERT(u.end ? u.finish_reason != NULL : u.finish_reason == NULL);
 		}
 	}
-	cJSON_Delete(u.json);
+	wire_line_free(&u);
 }
 
 static int on_line(void *ctx, const char *line, size_t n)

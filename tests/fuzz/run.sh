@@ -28,14 +28,14 @@ sources() {
 	case $1 in
 	query | body) echo request utf8 config log metrics shm response buf ;;
 	jwt) echo jwt buf ;;
-	ndjson) echo ndjson upstream utf8 config log metrics shm buf ;;
+	ndjson) echo ndjson wire/wire wire/ollama wire/openai buf ;;
 	sse) echo sse request utf8 response config log metrics shm buf ;;
 	shm) echo limits metrics shm config log buf ;;
 	fcgi_wire) echo fcgi_wire buf ;;
 	handoff) echo request utf8 fcgi_wire config log metrics shm response buf ;;
 	auth) echo request utf8 config log metrics shm response buf ;;
 	throttle) echo throttle users password db config log metrics shm buf ;;
-	reason) echo upstream ndjson utf8 config log metrics shm buf ;;
+	reason) echo upstream ndjson wire/wire wire/ollama wire/openai utf8 config log metrics shm buf ;;
 	utf8) echo utf8 buf ;;
 	esac
 }

@@ -36,6 +36,19 @@ ROOT = Path(__file__).resolve().parents[2]
 JARVASCTL = ROOT / "spawn" / "jarvasctl"
 FAKE_OLLAMA = ROOT / "tests" / "fake_ollama"
 BIN_DIR = Path(os.environ.get("JARVAS_TEST_BIN") or ROOT / "cgi-bin").resolve()
+# The protocol the stacks speak to the fake upstream: ollama, or openai
+# (then with an API key the fake checks), so one suite covers both paths.
+UPSTREAM_API = os.environ.get("JARVAS_TEST_UPSTREAM_API") or "ollama"
+UPSTREAM_API_KEY = "sk-jarvas-test-0123456789abcdef"
+
+
+def model_missing_reason(model):
+    """What the fake upstream says, in the protocol in use, of a model it
+    does not have (as Ollama and OpenAI word it)."""
+    if UPSTREAM_API == "openai":
+        return f"The model `{model}` does not exist or you do not have access to it."
+    return f'model "{model}" not found, try pulling it first'
+
 PROGRAMS = ("token", "chat", "chat_stream", "jarvas-admin")
 
 START_TIMEOUT = 60  # seconds for jarvasctl start/stop
@@ -364,6 +377,7 @@ class Stack:
                 JARVAS_STATE_DIR=str(self.state),
                 JARVAS_LISTEN=f"127.0.0.1:{self.port}",
                 JARVAS_UPSTREAM_URL=f"http://127.0.0.1:{self.fake_port}",
+                JARVAS_UPSTREAM_API=UPSTREAM_API,
                 JARVAS_BIN_DIR=str(self._bin_dir()),
                 # Tests open many streams and chats as one user; the caps have
                 # their own tests.
@@ -374,6 +388,8 @@ class Stack:
                 JARVAS_LOGIN_FAILURES_PER_USER="1000000",
                 JARVAS_LOGIN_FAILURES_PER_ADDR="1000000",
             )
+            if UPSTREAM_API == "openai":
+                env["JARVAS_UPSTREAM_API_KEY"] = UPSTREAM_API_KEY
             env.update(self.extra_env)
             self.env = env
             r = self.jarvasctl("start", timeout=START_TIMEOUT)
@@ -410,7 +426,8 @@ class Stack:
         log_path = self.state / "log" / "fake_ollama.log"
         seen = log_path.stat().st_size if log_path.exists() else 0
         with open(log_path, "ab") as log:
-            self.fake = subprocess.Popen([str(FAKE_OLLAMA), "-p", str(port)],
+            key = ["-k", UPSTREAM_API_KEY] if UPSTREAM_API == "openai" else []
+            self.fake = subprocess.Popen([str(FAKE_OLLAMA), "-p", str(port)] + key,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + 10
         while True:

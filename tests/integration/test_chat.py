@@ -228,8 +228,8 @@ def test_chat_returns_the_upstream_reply_exactly_and_stores_it(stack, case):
     assert r.headers.get("content-type", "").startswith("application/json"), r.headers
     body = r.json()
     assert set(body) == {"response", "conversation_id", "model", "message_id", "status",
-                         "usage"}, str(body)[:300]
-    assert body["status"] == "done", str(body)[:300]
+                         "usage", "finish_reason"}, str(body)[:300]
+    assert body["status"] == "done" and body["finish_reason"] == "stop", str(body)[:300]
     # the fake's counters, as OpenAI names them
     assert set(body["usage"]) == {"prompt_tokens", "completion_tokens"}, body["usage"]
     assert all(isinstance(v, int) and v >= 0 for v in body["usage"].values()), body["usage"]
@@ -275,9 +275,13 @@ def test_history_holds_each_exchange_oldest_first_with_ids_and_utc_times(stack):
     msgs = body["messages"]
     assert len(msgs) == 6, msgs
     for m in msgs:
-        assert set(m) - {"usage"} == {"id", "role", "content", "created_at", "status"}, m
+        assert set(m) - {"usage", "model", "finish_reason"} == {"id", "role", "content",
+                                                                "created_at", "status"}, m
         assert m["status"] == "done", m
-        assert ("usage" in m) == (m["role"] == "assistant"), m
+        for reply_only in ("usage", "model", "finish_reason"):
+            assert (reply_only in m) == (m["role"] == "assistant"), m
+        if m["role"] == "assistant":
+            assert m["model"] == "llama3.2" and m["finish_reason"] == "stop", m
         assert isinstance(m["id"], int), m
         assert ISO_UTC.match(m["created_at"]), m
         when = datetime.datetime.fromisoformat(m["created_at"].replace("Z", "+00:00"))
@@ -360,7 +364,7 @@ UPSTREAM_FAILURES = [
     ("cut_mid_stream", {"cut_after": 2}, "cut", ""),
     ("cut_before_any_token", {"cut_after": 0}, "cut", ""),
     ("model_missing", {"model_missing": 1}, "http_status",
-     f'model "{MODEL}" not found, try pulling it first'),
+     harness.model_missing_reason(MODEL)),
     ("malformed_line", {"malformed_after": 1}, "malformed", ""),
     ("binary_garbage", {"garbage": 1}, "malformed", ""),
     ("no_done_line", {"nodone": 1}, "cut", ""),

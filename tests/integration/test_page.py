@@ -264,7 +264,7 @@ def test_hostile_model_output_is_shown_as_text(stack):
 
 # name, fake keys, chunks shown, the message shown in place
 ERRORS = [
-    ("model_missing", dict(model_missing=1), 0, f'model "{MODEL}" not found, try pulling it first'),
+    ("model_missing", dict(model_missing=1), 0, harness.model_missing_reason(MODEL)),
     ("error_mid_stream", dict(tokens=6, error_after=2, message="the%20GPU%20caught%20fire"), 2,
      "the GPU caught fire"),
 ]

@@ -382,7 +382,7 @@ FAILURES = [
      equals("the GPU caught fire")),
     ("http_503_default_reason", dict(status=503), 0, equals("fake upstream failure")),
     ("model_missing", dict(model_missing=1), 0,
-     equals(f'model "{MODEL}" not found, try pulling it first')),
+     equals(harness.model_missing_reason(MODEL))),
     ("error_line_mid_stream", dict(tokens=6, error_after=3, message="out%20of%20memory"), 3,
      equals("out of memory")),
     ("error_line_first", dict(tokens=6, error_after=0, message="model%20is%20loading"), 0,

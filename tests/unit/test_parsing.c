@@ -243,22 +243,22 @@ static void test_sse_events(void)
 	CHECK_STR(buf_str(&b), "id: 0:1000000\ndata: {\"type\": \"chunk\", \"content\": \"\"}\n\n");
 	buf_reset(&b);
 	memset(&res, 0, sizeof res);
-	res.eval_count = 5;
-	res.prompt_eval_count = res.total_duration = res.eval_duration = -1;
-	CHECK(sse_done(&b, 42, 8, "default", &res, 0) == 0);
+	res.completion_tokens = 5;
+	res.prompt_tokens = -1;
+	CHECK(sse_done(&b, 42, 8, "default", NULL, &res, 0) == 0);
 	CHECK_STR(buf_str(&b), "id: 42:8\nevent: done\ndata: {\"finished\": true, "
 			       "\"conversation_id\": \"default\", \"message_id\": 42, "
-			       "\"status\": \"done\", \"usage\": {\"completion_tokens\": 5}, "
-			       "\"eval_count\": 5}\n\n");
+			       "\"status\": \"done\", \"usage\": {\"completion_tokens\": 5}}\n\n");
 	buf_reset(&b);
-	res.prompt_eval_count = 3;
-	CHECK(sse_done(&b, 42, 8, "c", &res, 1) == 0);
+	res.prompt_tokens = 3;
+	snprintf(res.finish_reason, sizeof res.finish_reason, "length");
+	CHECK(sse_done(&b, 42, 8, "c", "qwen\"2", &res, 1) == 0);
 	CHECK_STR(buf_str(&b), "id: 42:8\nevent: done\ndata: {\"finished\": true, "
 			       "\"conversation_id\": \"c\", \"message_id\": 42, "
-			       "\"status\": \"stopped\", \"stopped\": true, \"usage\": "
-			       "{\"prompt_tokens\": 3, \"completion_tokens\": 5}, "
-			       "\"eval_count\": 5, \"prompt_eval_count\": 3}\n\n");
-	res.prompt_eval_count = -1;
+			       "\"status\": \"stopped\", \"stopped\": true, \"model\": \"qwen\\\"2\", "
+			       "\"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 5}, "
+			       "\"finish_reason\": \"length\"}\n\n");
+	res.prompt_tokens = -1;
 	buf_reset(&b);
 	CHECK(sse_error(&b, 42, 1, "model \"x\" not found\n") == 0);
 	CHECK_STR(buf_str(&b), "id: 42:1\nevent: error\ndata: {\"type\": \"error\", "
