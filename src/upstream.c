@@ -125,6 +125,10 @@ int upstream_global_init(void)
 			curl_share_cleanup(share);
 		share = NULL;
 	}
+	/* A new connection to an https upstream resumes a TLS session instead
+	 * of a full handshake; without it, only slower. */
+	if (share && curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION))
+		log_warn("curl TLS session sharing unavailable");
 	return 0;
 }
 
@@ -253,6 +257,13 @@ static void keep_line(struct upstream_xfer *s, const struct wire_line *l)
 	}
 }
 
+/* Has a decoded line anything in it that may not follow the last one? */
+static int says_something(const struct wire_line *l)
+{
+	return l->content || l->end || l->finish_reason || l->prompt_tokens >= 0 ||
+	       l->completion_tokens >= 0;
+}
+
 /* One line of a 2xx answer. */
 static int parse_line(void *ctx, const char *line, size_t n)
 {
@@ -263,26 +274,33 @@ static int parse_line(void *ctx, const char *line, size_t n)
 	if (wire->decode(line, n, &l) < 0) {
 		fail_with(s, METRICS_UE_MALFORMED,
 			  "The language model sent a malformed response line.");
-	} else if (l.error) {
+		goto out;
+	}
+	if (l.error) {
 		fail_with(s, METRICS_UE_ERROR_LINE, "%s", l.error);
-	} else if (s->done && (l.content || l.end || l.finish_reason || l.prompt_tokens >= 0 ||
-			       l.completion_tokens >= 0)) {
+		goto out;
+	}
+	if (s->done && says_something(&l)) {
 		fail_with(s, METRICS_UE_MALFORMED,
 			  "The language model sent data after its last message.");
-	} else if (last = l.end || l.finish_reason,
-		   (l.len || (last && s->tail_len)) &&
-			   give_content(s, l.content ? l.content : "", l.len, last) < 0) {
-		s->stopped = 1;
-	} else {
-		keep_line(s, &l);
-		if (l.end) {
-			s->done = 1;
-			s->done_at = upstream_now();
-			if (s->call.on_done)
-				s->call.on_done(s->call.ctx);
-		}
-		rc = 0;
+		goto out;
 	}
+	/* The reply ends with this line: a character it left open is invalid. */
+	last = l.end || l.finish_reason;
+	if ((l.len || (last && s->tail_len)) &&
+	    give_content(s, l.content ? l.content : "", l.len, last) < 0) {
+		s->stopped = 1;
+		goto out;
+	}
+	keep_line(s, &l);
+	if (l.end) {
+		s->done = 1;
+		s->done_at = upstream_now();
+		if (s->call.on_done)
+			s->call.on_done(s->call.ctx);
+	}
+	rc = 0;
+out:
 	wire_line_free(&l);
 	return rc;
 }
@@ -342,17 +360,7 @@ static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off
 			return 1;
 		}
 	}
-	if (t - s->last_data > c->idle_timeout) {
-		fail_with(s, METRICS_UE_TIMEOUT, "The language model sent nothing for %d seconds.",
-			  c->idle_timeout);
-		return 1;
-	}
-	if (c->total_timeout && t - s->started > c->total_timeout) {
-		fail_with(s, METRICS_UE_TIMEOUT,
-			  "The language model did not finish within %d seconds.", c->total_timeout);
-		return 1;
-	}
-	return 0;
+	return upstream_xfer_idle(s, t);
 }
 
 void upstream_http_reason(const char *body, size_t n, long status, char *out, size_t cap)
@@ -446,13 +454,23 @@ int upstream_xfer_prepare(struct upstream_xfer *x, const struct upstream_call *c
 	return 0;
 }
 
+/* The one place the timeouts are enforced: from curl's progress callback
+ * in a blocking call, from relay.c's tick for the streams. */
 int upstream_xfer_idle(struct upstream_xfer *x, double now)
 {
-	if (now - x->last_data <= x->call.idle_timeout)
-		return 0;
-	fail_with(x, METRICS_UE_TIMEOUT, "The language model sent nothing for %d seconds.",
-		  x->call.idle_timeout);
-	return 1;
+	const struct upstream_call *c = &x->call;
+
+	if (now - x->last_data > c->idle_timeout) {
+		fail_with(x, METRICS_UE_TIMEOUT, "The language model sent nothing for %d seconds.",
+			  c->idle_timeout);
+		return 1;
+	}
+	if (c->total_timeout && now - x->started > c->total_timeout) {
+		fail_with(x, METRICS_UE_TIMEOUT,
+			  "The language model did not finish within %d seconds.", c->total_timeout);
+		return 1;
+	}
+	return 0;
 }
 
 int upstream_xfer_finish(struct upstream_xfer *s, CURLcode cc)
@@ -562,6 +580,8 @@ int upstream_models(int timeout_ms, void (*fn)(void *ctx, const char *name), voi
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, curl_error);
 	set_tls(c);
+	if (share) /* the chat calls' connections (and TLS sessions) */
+		curl_easy_setopt(c, CURLOPT_SHARE, share);
 	cc = curl_easy_perform(c);
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
 	if (cc != CURLE_OK) {

@@ -117,8 +117,9 @@ int upstream_xfer_finish(struct upstream_xfer *x, CURLcode cc);
  * next call); past it the transfer is ended as finished. */
 #define UPSTREAM_DONE_GRACE_S 0.05
 
-/* Silent past the idle timeout at time now (CLOCK_MONOTONIC seconds)?
- * Then the failure is recorded and 1 returned: remove the transfer. */
+/* Silent past the idle timeout, or past the total timeout, at time now
+ * (CLOCK_MONOTONIC seconds)?  Then the failure is recorded and 1
+ * returned: end the transfer. */
 int upstream_xfer_idle(struct upstream_xfer *x, double now);
 
 /* The reason to give for a non-2xx answer with this body: its

@@ -36,7 +36,8 @@
  * Endpoints (HTTP/1.1 keep-alive and pipelining, HTTP/1.0, Content-Length or
  * chunked request bodies, Expect: 100-continue; HEAD works on the GETs):
  *   GET  /                 200 "Ollama is running"
- *   GET  /api/tags         200 {"models":[{"name":"llama3.2:latest",...}]}
+ *   GET  /api/tags         200 {"models":[{"name":"llama3.2:latest",...},
+ *                          {"name":"qwen2.5:0.5b",...}]}
  *   GET  /api/version      200 {"version":"0.5.7"}
  *   POST /api/chat         Ollama's chat API, stream defaults to true:
  *        stream: 200 application/x-ndjson, chunked, one line per token
@@ -1946,6 +1947,12 @@ static const char tags_json[] =
 	"\"digest\":\"a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72\","
 	"\"details\":{\"parent_model\":\"\",\"format\":\"gguf\",\"family\":\"llama\","
 	"\"families\":[\"llama\"],\"parameter_size\":\"3.2B\","
+	"\"quantization_level\":\"Q4_K_M\"}},"
+	"{\"name\":\"qwen2.5:0.5b\",\"model\":\"qwen2.5:0.5b\","
+	"\"modified_at\":\"2024-10-02T12:00:00.000000000Z\",\"size\":397821319,"
+	"\"digest\":\"a8b0c51577010a279d933d14c2a8ab4b268079d44c5c8830c0a93900f1827c67\","
+	"\"details\":{\"parent_model\":\"\",\"format\":\"gguf\",\"family\":\"qwen2\","
+	"\"families\":[\"qwen2\"],\"parameter_size\":\"494.03M\","
 	"\"quantization_level\":\"Q4_K_M\"}}]}";
 
 static const char *g_api_key; /* -k: the Bearer key /v1/ wants, or NULL */
@@ -1982,7 +1989,8 @@ static int oai_reply_unauthorized(struct conn *c)
 /* GET /v1/models: the models of /api/tags (created = their modified_at) */
 static const char models_json[] =
 	"{\"object\":\"list\",\"data\":[{\"id\":\"llama3.2:latest\",\"object\":\"model\","
-	"\"created\":1727784000,\"owned_by\":\"library\"}]}";
+	"\"created\":1727784000,\"owned_by\":\"library\"},{\"id\":\"qwen2.5:0.5b\",\"object\":"
+	"\"model\",\"created\":1727870400,\"owned_by\":\"library\"}]}";
 
 /* Starts an /api/chat (API_OLLAMA) or /v1/chat/completions (API_OPENAI)
  * response, or answers 400 (401 without the -k key) for a bad request. */

@@ -60,22 +60,7 @@ static int ollama_decode(const char *line, size_t n, struct wire_line *out)
 static int ollama_models(const char *body, size_t n, void (*fn)(void *ctx, const char *name),
 			 void *ctx)
 {
-	cJSON *o = wire_parse_object(body, n);
-	const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, "models"), *m;
-
-	if (!cJSON_IsArray(list)) {
-		cJSON_Delete(o);
-		return -1;
-	}
-	cJSON_ArrayForEach(m, list)
-	{
-		const cJSON *name = cJSON_GetObjectItemCaseSensitive(m, "name");
-
-		if (cJSON_IsString(name))
-			fn(ctx, name->valuestring);
-	}
-	cJSON_Delete(o);
-	return 0;
+	return wire_names(body, n, "models", "name", fn, ctx);
 }
 
 const struct wire wire_ollama = {

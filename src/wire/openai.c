@@ -128,22 +128,7 @@ static int openai_decode(const char *line, size_t n, struct wire_line *out)
 static int openai_models(const char *body, size_t n, void (*fn)(void *ctx, const char *name),
 			 void *ctx)
 {
-	cJSON *o = wire_parse_object(body, n);
-	const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, "data"), *m;
-
-	if (!cJSON_IsArray(list)) {
-		cJSON_Delete(o);
-		return -1;
-	}
-	cJSON_ArrayForEach(m, list)
-	{
-		const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
-
-		if (cJSON_IsString(id))
-			fn(ctx, id->valuestring);
-	}
-	cJSON_Delete(o);
-	return 0;
+	return wire_names(body, n, "data", "id", fn, ctx);
 }
 
 const struct wire wire_openai = {

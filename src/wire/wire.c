@@ -134,3 +134,24 @@ int wire_model_matches(const char *listed, const char *wanted)
 		return memcmp(wanted, listed, a) == 0 && memcmp(wanted + a, latest, t) == 0;
 	return 0;
 }
+
+int wire_names(const char *body, size_t n, const char *list_key, const char *name_key,
+	       void (*fn)(void *ctx, const char *name), void *ctx)
+{
+	cJSON *o = wire_parse_object(body, n);
+	const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, list_key), *m;
+
+	if (!cJSON_IsArray(list)) {
+		cJSON_Delete(o);
+		return -1;
+	}
+	cJSON_ArrayForEach(m, list)
+	{
+		const cJSON *name = cJSON_GetObjectItemCaseSensitive(m, name_key);
+
+		if (cJSON_IsString(name))
+			fn(ctx, name->valuestring);
+	}
+	cJSON_Delete(o);
+	return 0;
+}

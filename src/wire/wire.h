@@ -79,6 +79,12 @@ long long wire_count(const struct cJSON *o, const char *name);
  * bytes cJSON_PrintUnformatted would give.  0 or -1. */
 int wire_messages(struct buf *out, const struct wire_message *m, int n);
 
+/* fn(ctx, name) for each string member name_key of the objects in the
+ * array list_key of the JSON object body: a models list.  0, or -1 when
+ * the body is not such an object. */
+int wire_names(const char *body, size_t n, const char *list_key, const char *name_key,
+	       void (*fn)(void *ctx, const char *name), void *ctx);
+
 /* A model name of the server's list names the configured one: the same,
  * or one of them is the other with Ollama's default tag ":latest". */
 int wire_model_matches(const char *listed, const char *wanted);

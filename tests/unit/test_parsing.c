@@ -253,11 +253,12 @@ static void test_sse_events(void)
 	res.prompt_tokens = 3;
 	snprintf(res.finish_reason, sizeof res.finish_reason, "length");
 	CHECK(sse_done(&b, 42, 8, "c", "qwen\"2", &res, 1) == 0);
-	CHECK_STR(buf_str(&b), "id: 42:8\nevent: done\ndata: {\"finished\": true, "
-			       "\"conversation_id\": \"c\", \"message_id\": 42, "
-			       "\"status\": \"stopped\", \"stopped\": true, \"model\": \"qwen\\\"2\", "
-			       "\"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 5}, "
-			       "\"finish_reason\": \"length\"}\n\n");
+	CHECK_STR(buf_str(&b),
+		  "id: 42:8\nevent: done\ndata: {\"finished\": true, "
+		  "\"conversation_id\": \"c\", \"message_id\": 42, "
+		  "\"status\": \"stopped\", \"stopped\": true, \"model\": \"qwen\\\"2\", "
+		  "\"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 5}, "
+		  "\"finish_reason\": \"length\"}\n\n");
 	res.prompt_tokens = -1;
 	buf_reset(&b);
 	CHECK(sse_error(&b, 42, 1, "model \"x\" not found\n") == 0);
