@@ -6,6 +6,7 @@
 #include "ops.h"
 
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include "config.h"
@@ -68,6 +69,23 @@ static int database_ok(char *err, size_t errlen)
 	return rc == SQLITE_ROW ? 0 : -1;
 }
 
+/* The upstream URL as health shows it: credentials in it (user:password@)
+ * replaced by "***". */
+static void shown_url(struct buf *out)
+{
+	const char *u = config.upstream_url, *host = strstr(u, "://");
+	const char *at, *end;
+
+	buf_reset(out);
+	host = host ? host + 3 : u;
+	end = host + strcspn(host, "/?#");
+	at = memchr(host, '@', (size_t)(end - host));
+	if (!at ? buf_puts(out, u) != BUF_OK
+		: buf_append(out, u, (size_t)(host - u)) != BUF_OK ||
+			    buf_puts(out, "***") != BUF_OK || buf_puts(out, at) != BUF_OK)
+		buf_reset(out);
+}
+
 void ops_health(struct request *r)
 {
 	char db_err[256], up_err[256], key_note[1024];
@@ -100,7 +118,9 @@ void ops_health(struct request *r)
 	if (!up_ok && buf_printf(&msg, "error: %s", up_err) != BUF_OK)
 		buf_reset(&msg);
 	cJSON_AddStringToObject(o, "upstream", up_ok ? "ok" : buf_str(&msg));
-	cJSON_AddStringToObject(o, "upstream_url", config.upstream_url);
+	shown_url(&msg);
+	cJSON_AddStringToObject(o, "upstream_url", buf_str(&msg));
+	cJSON_AddStringToObject(o, "upstream_api", config.upstream_api);
 	cJSON_AddStringToObject(o, "model", config.model);
 	if (config.dev_upstream)
 		cJSON_AddStringToObject(o, "upstream_note",

@@ -2,9 +2,10 @@
  * upstream — the curl transport to the LLM server (see upstream.h).
  *
  * The hot path: curl's write callback → ndjson_feed() → parse_line() →
- * the protocol's decoder (wire/) → call->on_content().  In a blocking call the progress callback
- * (curl calls it at least once a second, also while nothing arrives) enforces the idle and total
- * timeouts; relay.c, which drives many transfers at once, checks idleness itself.
+ * the protocol's decoder (wire/) → call->on_content().  The timeouts are
+ * checked in one place, upstream_xfer_idle(): in a blocking call from
+ * curl's progress callback (called at least once a second, also while
+ * nothing arrives), for the streams from relay.c's tick.
  */
 #include "upstream.h"
 
@@ -251,8 +252,9 @@ static void keep_line(struct upstream_xfer *s, const struct wire_line *l)
 		s->res->prompt_tokens = l->prompt_tokens;
 	if (l->completion_tokens >= 0)
 		s->res->completion_tokens = l->completion_tokens;
-	if (l->finish_reason) {
+	if (l->finish_reason && !s->finished) {
 		s->finished = 1;
+		s->finished_at = upstream_now();
 		utf8_copy(s->res->finish_reason, sizeof s->res->finish_reason, l->finish_reason);
 	}
 }
@@ -460,6 +462,8 @@ int upstream_xfer_idle(struct upstream_xfer *x, double now)
 {
 	const struct upstream_call *c = &x->call;
 
+	if (x->finished && !x->done && now - x->finished_at > UPSTREAM_FINISH_GRACE_S)
+		return 1; /* whole, its end marker never came: ended as done */
 	if (now - x->last_data > c->idle_timeout) {
 		fail_with(x, METRICS_UE_TIMEOUT, "The language model sent nothing for %d seconds.",
 			  c->idle_timeout);

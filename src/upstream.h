@@ -85,10 +85,11 @@ struct upstream_xfer {
 	struct buf piece;
 	long http_status; /* 0 until the first body byte */
 	int finished;	  /* saw a finish reason: the reply is whole */
-	int done;	  /* saw the answer's last line */
-	double done_at;	  /* ... at this time */
-	int failed;	  /* res->kind/error are set */
-	int stopped;	  /* a callback (or the caller) asked to stop */
+	double finished_at;
+	int done;	/* saw the answer's last line */
+	double done_at; /* ... at this time */
+	int failed;	/* res->kind/error are set */
+	int stopped;	/* a callback (or the caller) asked to stop */
 	double started, last_data;
 	double stop_polled; /* call.stop_requested() was asked then */
 	char curl_error[CURL_ERROR_SIZE];
@@ -117,9 +118,15 @@ int upstream_xfer_finish(struct upstream_xfer *x, CURLcode cc);
  * next call); past it the transfer is ended as finished. */
 #define UPSTREAM_DONE_GRACE_S 0.05
 
+/* Seconds a transfer may stay open after the model's finish reason for
+ * its end marker (OpenAI's usage chunk and [DONE]); past them it is ended
+ * as finished. */
+#define UPSTREAM_FINISH_GRACE_S 2.0
+
 /* Silent past the idle timeout, or past the total timeout, at time now
  * (CLOCK_MONOTONIC seconds)?  Then the failure is recorded and 1
- * returned: end the transfer. */
+ * returned: end the transfer.  1 also for a reply finished that long ago
+ * without its end marker (not a failure). */
 int upstream_xfer_idle(struct upstream_xfer *x, double now);
 
 /* The reason to give for a non-2xx answer with this body: its

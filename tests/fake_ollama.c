@@ -148,6 +148,9 @@
  *                     non-stream "finish_reason":null)
  *   finish=R          stop (default) or length: Ollama's done_reason, OpenAI's
  *                     finish_reason
+ *   no_end=1          OpenAI: the finish chunk (and the usage chunk) but no
+ *                     data: [DONE] after them, as some servers end; with
+ *                     linger=1 the body then stays open
  *   comments=1        OpenAI: a ": keep-alive" comment (and blank line) as its
  *                     own chunk before every event, as proxies send
  *   hang=1, hang_after=K   send headers and K tokens (default 0), then
@@ -436,9 +439,9 @@ static const char *http_date(void)
 struct ctl {
 	long tokens, delay_ms, first_ms, headers_ms, chunk, split_utf8, status;
 	long error_after, malformed_after, cut_after, nodone, hang, hang_after, linger;
-	long model_missing, garbage, long_line;
+	long model_missing, garbage, long_line, no_end;
 	long finish, error_style, comments; /* finish: FIN_*, error_style: ES_* */
-	char *text; /* NULL: not set; owned */
+	char *text;			    /* NULL: not set; owned */
 	size_t text_len;
 	char *message; /* NULL: not set; owned */
 	size_t message_len;
@@ -472,6 +475,7 @@ static struct ctl_num {
 	{"finish", offsetof(struct ctl, finish), 0, 1, 0, 0},
 	{"error_style", offsetof(struct ctl, error_style), 0, 1, 0, 0},
 	{"comments", offsetof(struct ctl, comments), 0, 1, 0, 1},
+	{"no_end", offsetof(struct ctl, no_end), 0, 1, 0, 1},
 };
 #define CTL_NNUM (sizeof(ctl_nums) / sizeof(ctl_nums[0]))
 
@@ -1239,8 +1243,9 @@ static int line_final(struct job *j, const char *content, size_t n)
 			"\"total_duration\":%llu,\"load_duration\":%llu,"
 			"\"prompt_eval_count\":%ld,\"prompt_eval_duration\":%llu,"
 			"\"eval_count\":%ld,\"eval_duration\":%llu}",
-			j->ctl.finish == FIN_LENGTH ? "length" : "stop", (unsigned long long)total, (unsigned long long)load, j->prompt_tokens,
-			(unsigned long long)prompt, j->sent, (unsigned long long)eval);
+			j->ctl.finish == FIN_LENGTH ? "length" : "stop", (unsigned long long)total,
+			(unsigned long long)load, j->prompt_tokens, (unsigned long long)prompt,
+			j->sent, (unsigned long long)eval);
 }
 
 static int line_garbage(long k)
@@ -1290,8 +1295,9 @@ static int add_jstr_or_null(struct buf *b, const char *s)
 
 static const char *vllm_type(int status)
 {
-	return status == 404 ? "NotFoundError" : status >= 500 ? "InternalServerError"
-							       : "BadRequestError";
+	return status == 404   ? "NotFoundError"
+	       : status >= 500 ? "InternalServerError"
+			       : "BadRequestError";
 }
 
 /* OpenAI's error object {"error":{"message","type","param","code"}} or,
@@ -1327,8 +1333,7 @@ static int oai_reply_error(struct conn *c, long style, int status, const char *m
 }
 
 /* An HTTP error answer in the job's protocol. */
-static int job_reply_error(struct conn *c, int status, const char *msg, size_t n,
-			   const char *code)
+static int job_reply_error(struct conn *c, int status, const char *msg, size_t n, const char *code)
 {
 	struct job *j = &c->job;
 
@@ -1376,7 +1381,8 @@ static int oai_token(const struct job *j, const char *p, size_t n)
 	return 0;
 }
 
-/* The finish chunk, the usage chunk when asked for, and [DONE]. */
+/* The finish chunk, the usage chunk when asked for, and [DONE] (not with
+ * no_end). */
 static int oai_stream_end(struct conn *c, const struct job *j)
 {
 	static const char done[] = "data: [DONE]\n\n";
@@ -1384,8 +1390,8 @@ static int oai_stream_end(struct conn *c, const struct job *j)
 	g_line.len = 0;
 	if (buf_add(&g_line, j->prefix.p, j->prefix.len) < 0 ||
 	    buf_addf(&g_line, "{\"index\":0,\"delta\":%s,\"finish_reason\":\"%s\"}]%s}\n\n",
-		     j->sent ? "{}" : "{\"role\":\"assistant\",\"content\":\"\"}",
-		     finish_reason(j), j->include_usage ? ",\"usage\":null" : "") < 0 ||
+		     j->sent ? "{}" : "{\"role\":\"assistant\",\"content\":\"\"}", finish_reason(j),
+		     j->include_usage ? ",\"usage\":null" : "") < 0 ||
 	    emit_event(c, j) < 0)
 		return -1;
 	if (j->include_usage) {
@@ -1395,6 +1401,8 @@ static int oai_stream_end(struct conn *c, const struct job *j)
 		    buf_adds(&g_line, "}\n\n") < 0 || emit_event(c, j) < 0)
 			return -1;
 	}
+	if (j->ctl.no_end)
+		return 0;
 	g_line.len = 0;
 	if (buf_add(&g_line, done, sizeof(done) - 1) < 0)
 		return -1;
@@ -1406,7 +1414,8 @@ static int oai_completion(const struct job *j, const char *content, size_t n)
 {
 	g_line.len = 0;
 	if (buf_add(&g_line, j->prefix.p, j->prefix.len) < 0 ||
-	    buf_adds(&g_line, "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":") < 0 ||
+	    buf_adds(&g_line, "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":") <
+		    0 ||
 	    buf_add_jstr(&g_line, content, n) < 0 ||
 	    buf_addf(&g_line, "},\"finish_reason\":%s%s%s}],", j->ctl.nodone ? "" : "\"",
 		     j->ctl.nodone ? "null" : finish_reason(j), j->ctl.nodone ? "" : "\"") < 0 ||
@@ -1427,9 +1436,9 @@ static int job_head(struct conn *c)
 		int rc;
 
 		if (buf_addf(&m,
-			     j->api == API_OPENAI
-				     ? "The model `%s` does not exist or you do not have access to it."
-				     : "model \"%s\" not found, try pulling it first",
+			     j->api == API_OPENAI ? "The model `%s` does not exist or you do not "
+						    "have access to it."
+						  : "model \"%s\" not found, try pulling it first",
 			     j->model) < 0) {
 			buf_free(&m);
 			return -1;
@@ -2039,7 +2048,8 @@ static int route_chat(struct conn *c, const char *body, size_t blen, int api)
 	}
 	if (stream && !cJSON_IsNull(stream) && !cJSON_IsBool(stream)) {
 		err = oai ? "Invalid type for 'stream': expected a boolean."
-			  : "json: cannot unmarshal into Go struct field ChatRequest.stream of type bool";
+			  : "json: cannot unmarshal into Go struct field ChatRequest.stream of "
+			    "type bool";
 		err_param = "stream";
 		err_code = "invalid_type";
 		goto bad;
@@ -2074,7 +2084,8 @@ static int route_chat(struct conn *c, const char *body, size_t blen, int api)
 			goto bad;
 		}
 		if (!cJSON_IsObject(sopt) || (inc && !cJSON_IsBool(inc))) {
-			err = "Invalid type for 'stream_options.include_usage': expected a boolean.";
+			err = "Invalid type for 'stream_options.include_usage': expected a "
+			      "boolean.";
 			err_param = "stream_options.include_usage";
 			err_code = "invalid_type";
 			goto bad;
