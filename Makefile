@@ -141,7 +141,9 @@ test: deps-test
 	@$(MAKE) --no-print-directory all unit $(BROWSER_MODULES)
 	@$(MAKE) --no-print-directory integration
 	FUZZ_SECONDS=5 tests/fuzz/run.sh
-	tests/valgrind/run.sh
+	@# valgrind's traffic against the OpenAI-speaking upstream: the Ollama
+	@# path's decoder is the same transport, fuzzed with LeakSanitizer
+	JARVAS_TEST_UPSTREAM_API=openai tests/valgrind/run.sh
 
 valgrind: deps-test
 	@$(MAKE) --no-print-directory all

@@ -30,7 +30,7 @@ static void mark_listed(void *ctx, const char *name)
 void models_get(struct request *r)
 {
 	unsigned char listed[CONFIG_MODELS_MAX] = {0};
-	char err[256], note[300];
+	char err[256] = "", note[300] = "ok";
 	struct user u;
 	cJSON *o, *list;
 	int i, known;
@@ -40,10 +40,11 @@ void models_get(struct request *r)
 	users_clear(&u);
 	known = upstream_models(MODELS_UPSTREAM_TIMEOUT_MS, mark_listed, listed, err, sizeof err) ==
 		0;
-	snprintf(note, sizeof note, "error: %s", err);
+	if (!known) /* err is set only then */
+		snprintf(note, sizeof note, "error: %s", err);
 	o = cJSON_CreateObject();
 	if (!o || !cJSON_AddStringToObject(o, "default", config.model) ||
-	    !cJSON_AddStringToObject(o, "upstream", known ? "ok" : note) ||
+	    !cJSON_AddStringToObject(o, "upstream", note) ||
 	    !(list = cJSON_AddArrayToObject(o, "models")))
 		goto oom;
 	for (i = 0; i < config.nmodels; i++) {

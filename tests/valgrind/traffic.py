@@ -63,6 +63,10 @@ ENV = {
     "JARVAS_MAX_CHATS_PER_USER": 1000,
     "JARVAS_LOGIN_FAILURES_PER_USER": 3,
     "JARVAS_LOGIN_FAILURES_PER_ADDR": 1000,
+    # models to pick from; a quota high enough never to refuse, so that
+    # its check runs on every chat
+    "JARVAS_MODELS": "llama3.2,qwen2.5:0.5b,absent:1b",
+    "JARVAS_TOKENS_PER_DAY": 1000000000,
 }
 USERS = 6  # each costs one adduser and one login, both argon2
 # Streams a user has open at once, from this side: below the cap, since a
@@ -406,6 +410,19 @@ def chat_phase(stack, users):
         lambda i: ["/api/chat/history/?conversation_id=", "/api/chat/history/?conversation_id=a%20b",
                    "/api/chat/history/?conversation_id=" + "x" * 65, "/api/chat/history/?conversation_id=%zz",
                    "/api/chat/history/?conversation_id=%ff%fe"][i % 5],
+        token=lambda i: users.access[u(i)])
+    add(20, "POST /api/chat/ a picked model", "POST", "/api/chat/",
+        token=lambda i: users.access[u(i)],
+        json=lambda i: {"message": "pick", "model": ["qwen2.5:0.5b", "llama3.2"][i % 2],
+                        "conversation_id": f"m-{next(serial)}"})
+    add(10, "POST /api/chat/ a bad model", "POST", "/api/chat/",
+        token=lambda i: users.access[u(i)],
+        json=lambda i: {"message": "pick", "model": ["gpt-5", 7, None, "", "x" * 300][i % 5]})
+    add(10, "GET models", "GET", "/api/models/", token=lambda i: users.access[u(i)])
+    add(20, "GET usage", "GET",
+        lambda i: ["/api/usage/", "/api/usage/?since=2020-01-01",
+                   "/api/usage/?since=2026-12-01T08:00:00%2B01:00", "/api/usage/?since=nope",
+                   "/api/usage/?since=%ff"][i % 5],
         token=lambda i: users.access[u(i)])
     add(30, "health", "GET", lambda i: ["/api/health/", "/api/health"][i % 2])
     add(25, "metrics", "GET", lambda i: ["/api/metrics", "/api/metrics/"][i % 2])
