@@ -40,7 +40,7 @@ async function showChat() {
   $('chat-view').hidden = false;
   $('whoami').textContent = session.username;
   newConversation();
-  await loadConversations();
+  await Promise.all([loadConversations(), loadModels()]);
   const active = remembered();
   if (active && !streaming) {
     const li = Array.from($('conversations').children).find((x) => x.dataset.id === active.conversation_id);
@@ -107,6 +107,36 @@ async function loadConversations(more = false) {
   } catch (e) {
     if (session.loggedIn) status(`Conversations could not be loaded: ${e.message}`);
   }
+}
+
+// --- models ------------------------------------------------------------------
+
+const MODEL = 'jarvas.model';
+
+// The model picker, shown when the server offers more than one model
+// (GET /api/models/): the default first chosen, or the one picked before
+// in this tab; a model the upstream does not have cannot be picked.
+async function loadModels() {
+  const select = $('model');
+  try {
+    const list = await session.json('/api/models/');
+    const kept = sessionStorage.getItem(MODEL);
+    select.replaceChildren(...list.models.map((m) => {
+      const o = new Option(m.available === false ? `${m.name} (not available)` : m.name, m.name);
+      o.disabled = m.available === false;
+      return o;
+    }));
+    const usable = list.models.filter((m) => m.available !== false).map((m) => m.name);
+    select.value = usable.includes(kept) ? kept : list.default;
+    select.hidden = list.models.length < 2;
+  } catch (e) {
+    select.hidden = true; // the server's default is used
+  }
+}
+
+function pickedModel() {
+  const select = $('model');
+  return select.hidden || !select.value ? undefined : select.value;
 }
 
 function markCurrent() {
@@ -412,7 +442,7 @@ async function send(message) {
   const finished = await follow(conversation, reply, (signal) => session.fetch('/api/chat/stream/', {
     method: 'POST',
     headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
-    body: JSON.stringify({ message, conversation_id: conversation.id, resumable: true }),
+    body: JSON.stringify({ message, conversation_id: conversation.id, model: pickedModel(), resumable: true }),
     signal,
   }));
   if (finished && current === conversation) {
@@ -471,6 +501,7 @@ $('input').addEventListener('keydown', (e) => {
 });
 
 $('stop').addEventListener('click', stopStream);
+$('model').addEventListener('change', () => sessionStorage.setItem(MODEL, $('model').value));
 $('new-conversation').addEventListener('click', newConversation);
 $('more-conversations').addEventListener('click', () => loadConversations(true));
 $('logout').addEventListener('click', () => {

@@ -263,6 +263,20 @@ const steps = {
     return {};
   },
 
+  // The model picker as shown, and (step.pick) a model chosen in it.
+  async models(step) {
+    await page.waitForFunction(() => document.getElementById('model').options.length > 0 ||
+      document.getElementById('model').hidden, null, { timeout: 10000 });
+    if (step.pick) await page.selectOption('#model', step.pick);
+    const out = await page.evaluate(() => {
+      const s = document.getElementById('model');
+      return { hidden: s.hidden, value: s.value,
+        options: Array.from(s.options, (o) => ({ value: o.value, text: o.textContent, disabled: o.disabled })) };
+    });
+    if (step.shot) out.shot = await shot(step.shot);
+    return out;
+  },
+
   async wait(step) {
     await page.waitForTimeout(step.ms);
     return {};

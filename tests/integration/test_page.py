@@ -141,6 +141,47 @@ def test_a_reply_streams_into_the_page_chunk_by_chunk(stack):
           f"{send['shot_mid']}, {send['shot_end']}, {phone['shot']}")
 
 
+@harness.stack_env(JARVAS_MODELS="llama3.2,qwen2.5:0.5b,absent-model:1b")
+def test_the_model_picker_offers_the_models_and_the_reply_uses_the_one_picked(stack):
+    if not ready():
+        return skip("the chat page")
+    user, mark = account(stack, "page"), marker()
+    _, shown, picked, send, again, _, reloaded, end = run_page(stack, user, [
+        dict(do="login"),
+        dict(do="models"),
+        dict(do="models", pick="qwen2.5:0.5b", shot="model-picker"),
+        dict(do="send", text=f"{mark} which model " + words("the small one")),
+        dict(do="send", text=f"{mark} again " + words("still small")),
+        dict(do="reload"),
+        dict(do="models"),
+    ])
+    assert not shown["hidden"] and shown["value"] == "llama3.2", shown
+    assert shown["options"] == [
+        {"value": "llama3.2", "text": "llama3.2", "disabled": False},
+        {"value": "qwen2.5:0.5b", "text": "qwen2.5:0.5b", "disabled": False},
+        {"value": "absent-model:1b", "text": "absent-model:1b (not available)", "disabled": True},
+    ], shown
+    assert picked["value"] == "qwen2.5:0.5b", picked
+    assert text_of(send) == "the small one" and text_of(again) == "still small", (send, again)
+    assert [r["model"] for r in fake_requests_with(stack, mark)] == ["qwen2.5:0.5b"] * 2
+    (c,) = stack.request("GET", "/api/chat/conversations/",
+                         token=user["access"]).json()["conversations"]
+    msgs = [m for m in history(stack, user, c["conversation_id"]) if m["role"] == "assistant"]
+    assert [m["model"] for m in msgs] == ["qwen2.5:0.5b"] * 2, msgs
+    # the tab keeps the choice across a reload
+    assert reloaded["value"] == "qwen2.5:0.5b", reloaded
+    assert not end["console_errors"], end["console_errors"]
+
+
+def test_one_model_shows_no_picker(stack):
+    if not ready():
+        return skip("the chat page")
+    user = account(stack, "page")
+    _, shown, end = run_page(stack, user, [dict(do="login"), dict(do="models")])
+    assert shown["hidden"] and shown["value"] == "llama3.2", shown
+    assert not end["console_errors"], end["console_errors"]
+
+
 def test_stop_stops_the_model_and_keeps_the_partial_reply(stack):
     if not ready():
         return skip("the chat page")
