@@ -15,7 +15,7 @@ set -u
 cd "$(dirname "$0")/../.." || exit 1
 
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=${FUZZ_TARGETS:-query body jwt ndjson sse shm fcgi_wire handoff auth throttle reason utf8}
+TARGETS=${FUZZ_TARGETS:-query body jwt ndjson openai sse shm fcgi_wire handoff auth throttle reason utf8}
 CLANG=${CLANG:-clang}
 OUT=build/fuzz
 FLAGS="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
@@ -28,7 +28,7 @@ sources() {
 	case $1 in
 	query | body) echo request utf8 config log metrics shm response buf ;;
 	jwt) echo jwt buf ;;
-	ndjson) echo ndjson wire/wire wire/ollama wire/openai buf ;;
+	ndjson | openai) echo ndjson wire/wire wire/ollama wire/openai buf ;;
 	sse) echo sse request utf8 response config log metrics shm buf ;;
 	shm) echo limits metrics shm config log buf ;;
 	fcgi_wire) echo fcgi_wire buf ;;
