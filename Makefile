@@ -27,7 +27,7 @@ UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/t
 PKGS_BUILD := gcc make libc6-dev libfcgi-dev libcurl4-openssl-dev libcjson-dev \
               libsqlite3-dev libsodium-dev libssl-dev
 PKGS_RUN   := spawn-fcgi nginx-light sqlite3 curl ca-certificates
-PKGS_TEST  := python3 valgrind clang libclang-rt-14-dev chromium
+PKGS_TEST  := python3 valgrind clang libclang-rt-14-dev chromium openssl
 PROMTOOL   := build/tools/promtool
 
 # The browser test (tests/integration/test_browser.py) drives Debian's
@@ -35,6 +35,21 @@ PROMTOOL   := build/tools/promtool
 # Debian's node and npm come only where the machine has no node.
 BROWSER_MODULES := tests/browser/node_modules/.package-lock.json
 WEB_VENDOR := src/web/vendor/marked.esm.js src/web/vendor/purify.es.mjs
+
+# The OpenAI pass: after the whole suite against the fake's Ollama API,
+# the tests of the streaming and chat paths again against its OpenAI API
+# (/v1/chat/completions, with an API key; JARVAS_TEST_UPSTREAM_API=openai).
+# About 2 minutes.  Left out as protocol-neutral past the upstream transfer
+# these already cover: the rest of test_resume (the journal, reconnects) and
+# test_faults.test_soak_short; and the modules that never reach the model.
+OPENAI_TESTS := test_stream test_chat test_upstream_content test_delivery \
+                test_faults.test_faults_under_load \
+                test_resume.test_done_and_history_carry_the_upstreams_usage \
+                test_resume.test_failed_and_interrupted_replies_say_so_in_history_and_on_replay
+# Both passes run, whatever the first gave; the status is the worse one.
+INTEGRATION = python3 tests/integration/run.py; rc=$$?; \
+	JARVAS_TEST_UPSTREAM_API=openai python3 tests/integration/run.py $(OPENAI_TESTS) || rc=1; \
+	exit $$rc
 
 .PHONY: all help deps deps-test run stop test asan unit integration valgrind \
         clean format bench fuzz soak
@@ -50,7 +65,8 @@ help:
 	@echo "make run        install missing packages, build, start everything (spawn/jarvasctl start)"
 	@echo "make stop       stop what 'make run' started"
 	@echo "make test       install what tests need, build, run unit + integration tests"
-	@echo "make asan       the integration tests against an ASan + UBSan build"
+	@echo "make integration  the integration tests: all of them (Ollama API), then the OpenAI pass"
+	@echo "make asan       the integration tests (both passes) against an ASan + UBSan build"
 	@echo "make valgrind   memcheck each responder over many requests"
 	@echo "make bench      relay overhead against nginx proxying straight to the upstream (BENCH_QUICK=1: small)"
 	@echo "make fuzz       libFuzzer on the parsers (FUZZ_SECONDS per target, default 60)"
@@ -135,7 +151,7 @@ unit: $(UNIT_TESTS)
 	@set -e; for t in $(UNIT_TESTS); do $$t; done
 
 integration: all tests/bench/loadgen $(BROWSER_MODULES)
-	python3 tests/integration/run.py
+	@$(INTEGRATION)
 
 test: deps-test
 	@$(MAKE) --no-print-directory all unit $(BROWSER_MODULES)
@@ -169,7 +185,7 @@ asan: deps-test tests/bench/loadgen $(BROWSER_MODULES)
 	JARVAS_TEST_BIN=$(CURDIR)/build/asan/cgi-bin \
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:log_path=$$reports/asan \
 		UBSAN_OPTIONS=print_stacktrace=1:log_path=$$reports/ubsan \
-		python3 tests/integration/run.py; rc=$$?; \
+		sh -c '$(INTEGRATION)'; rc=$$?; \
 	mv "$$reports"/* build/asan/ 2>/dev/null; rmdir "$$reports"; \
 	if ls build/asan/asan.* build/asan/ubsan.* >/dev/null 2>&1; then \
 		echo "sanitizer reports:"; cat build/asan/asan.* build/asan/ubsan.* 2>/dev/null; exit 1; \

@@ -477,6 +477,24 @@ int upstream_xfer_idle(struct upstream_xfer *x, double now)
 	return 0;
 }
 
+/* The transfer never reached the server: it could not be found or
+ * connected to, or (https) not trusted: its certificate did not verify
+ * against the CAs or names another host, or the handshake failed. */
+static int never_reached(CURLcode cc)
+{
+	switch (cc) {
+	case CURLE_COULDNT_RESOLVE_HOST:
+	case CURLE_COULDNT_CONNECT:
+	case CURLE_OPERATION_TIMEDOUT:
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_ISSUER_ERROR:
+	case CURLE_SSL_CRL_BADFILE: return 1;
+	default: return 0;
+	}
+}
+
 int upstream_xfer_finish(struct upstream_xfer *s, CURLcode cc)
 {
 	struct upstream_result *res = s->res;
@@ -497,8 +515,7 @@ int upstream_xfer_finish(struct upstream_xfer *s, CURLcode cc)
 	 * be ended by us (the body stayed open) or break: the answer is whole
 	 * either way. */
 	if (!s->failed && cc != CURLE_OK && !s->done && !s->finished) {
-		if (cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST ||
-		    cc == CURLE_OPERATION_TIMEDOUT)
+		if (never_reached(cc))
 			fail_with(s, METRICS_UE_CONNECT,
 				  "Could not reach the language model at %s: %s",
 				  config.upstream_url,

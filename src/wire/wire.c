@@ -101,7 +101,11 @@ long long wire_count(const cJSON *o, const char *name)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
 
-	return cJSON_IsNumber(v) && v->valuedouble >= 0 ? (long long)v->valuedouble : -1;
+	/* Past 2^53 a double holds no exact count, and past LLONG_MAX the
+	 * conversion would be undefined: no count a server means. */
+	return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble <= 9007199254740992.0
+		       ? (long long)v->valuedouble
+		       : -1;
 }
 
 int wire_messages(struct buf *out, const struct wire_message *m, int n)

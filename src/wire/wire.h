@@ -70,7 +70,8 @@ void wire_line_free(struct wire_line *l);
  * the string there.  NULL when it is not exactly one object. */
 struct cJSON *wire_parse_object(const char *text, size_t n);
 
-/* A whole-number member, or -1 when absent or not a number. */
+/* A whole-number member, or -1 when absent, not a number, negative or
+ * past 2^53. */
 long long wire_count(const struct cJSON *o, const char *name);
 
 /* "[{"role":..,"content":..},...]": the messages array both protocols

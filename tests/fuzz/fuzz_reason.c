@@ -4,9 +4,10 @@
  * proxy in front of it sends) turned into the reason the user reads.
  *
  * Invariants: the reason is never empty, fits the room it is given (cut
- * between characters), is valid UTF-8 without NUL; for {"error": S} with
- * S a non-empty clean string that fits, it is S exactly; otherwise,
- * without an "error" string, it names the status.
+ * between characters), is valid UTF-8 without NUL; the server's text S is
+ * that of {"error": S} (Ollama), else {"error": {"message": S}} (OpenAI)
+ * or {"message": S} (vLLM), a non-empty string; when S is clean and fits
+ * the reason is S exactly; without an S it names the status.
  *
  * Input: byte 0 picks the room (8 to 512 bytes), bytes 1-2 the status;
  * the rest is the body.
@@ -36,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t cap, n;
 	long status;
 	cJSON *o;
-	const cJSON *err;
+	const cJSON *err, *msg, *said = NULL;
 
 	if (size < 3)
 		return 0;
@@ -53,11 +54,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FUZZ_ASSERT(utf8_valid(out, strlen(out)));
 	o = cJSON_ParseWithLength(body, n);
 	err = cJSON_GetObjectItemCaseSensitive(o, "error");
-	if (cJSON_IsString(err) && err->valuestring[0] &&
-	    utf8_valid(err->valuestring, strlen(err->valuestring)) &&
-	    strlen(err->valuestring) < cap)
-		FUZZ_ASSERT(strcmp(out, err->valuestring) == 0);
-	if (!cJSON_IsString(err) && cap > 40)
+	msg = cJSON_GetObjectItemCaseSensitive(cJSON_IsObject(err) ? err : o, "message");
+	if (cJSON_IsString(err) && err->valuestring[0])
+		said = err;
+	else if (cJSON_IsString(msg) && msg->valuestring[0])
+		said = msg;
+	if (said && utf8_valid(said->valuestring, strlen(said->valuestring)) &&
+	    strlen(said->valuestring) < cap)
+		FUZZ_ASSERT(strcmp(out, said->valuestring) == 0);
+	if (!said && cap > 40)
 		FUZZ_ASSERT(strstr(out, "HTTP") != NULL);
 	cJSON_Delete(o);
 	free(body);

@@ -15,7 +15,7 @@ set -u
 cd "$(dirname "$0")/../.." || exit 1
 
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=${FUZZ_TARGETS:-query body jwt ndjson sse shm fcgi_wire handoff auth throttle reason utf8}
+TARGETS=${FUZZ_TARGETS:-query body jwt ndjson openai sse shm fcgi_wire handoff auth throttle reason utf8}
 CLANG=${CLANG:-clang}
 OUT=build/fuzz
 FLAGS="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
@@ -23,19 +23,21 @@ FLAGS="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 ${FUZZ_CFLAGS:-}"
 LIBS="-lfcgi -lcurl -lcjson -lsqlite3 -lsodium -lcrypto -lpthread"
 
-# The src/ files each target links, and its input size limit.
+# The src/ files each target links, and its input size limit.  config.c
+# checks JARVAS_UPSTREAM_API against the protocol table: it comes with wire/.
+CONFIG="config wire/wire wire/ollama wire/openai"
 sources() {
 	case $1 in
-	query | body) echo request utf8 config log metrics shm response buf ;;
+	query | body) echo request utf8 $CONFIG log metrics shm response buf ;;
 	jwt) echo jwt buf ;;
-	ndjson) echo ndjson wire/wire wire/ollama wire/openai buf ;;
-	sse) echo sse request utf8 response config log metrics shm buf ;;
-	shm) echo limits metrics shm config log buf ;;
+	ndjson | openai) echo ndjson wire/wire wire/ollama wire/openai buf ;;
+	sse) echo sse request utf8 response $CONFIG log metrics shm buf ;;
+	shm) echo limits metrics shm $CONFIG log buf ;;
 	fcgi_wire) echo fcgi_wire buf ;;
-	handoff) echo request utf8 fcgi_wire config log metrics shm response buf ;;
-	auth) echo request utf8 config log metrics shm response buf ;;
-	throttle) echo throttle users password db config log metrics shm buf ;;
-	reason) echo upstream ndjson wire/wire wire/ollama wire/openai utf8 config log metrics shm buf ;;
+	handoff) echo request utf8 fcgi_wire $CONFIG log metrics shm response buf ;;
+	auth) echo request utf8 $CONFIG log metrics shm response buf ;;
+	throttle) echo throttle users password db $CONFIG log metrics shm buf ;;
+	reason) echo upstream ndjson utf8 $CONFIG log metrics shm buf ;;
 	utf8) echo utf8 buf ;;
 	esac
 }

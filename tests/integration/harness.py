@@ -335,6 +335,17 @@ def reachable_by_others(directory, names=PROGRAMS):
                if (directory / n).exists())
 
 
+def end_process(proc, grace):
+    """SIGTERM to a subprocess.Popen the test started, SIGKILL when it has
+    not exited after `grace` seconds; returns once it is gone."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def log_tail(path, n=30):
     try:
         lines = Path(path).read_text(errors="replace").splitlines()
@@ -344,10 +355,16 @@ def log_tail(path, n=30):
 
 
 class Stack:
-    """The whole stack for a test run. Use start()/stop() or `with Stack():`."""
+    """The whole stack for a test run. Use start()/stop() or `with Stack():`.
+    env: extra variables for jarvasctl (they win over the harness's own).
+    fake_key: the key the fake upstream demands on /v1/ (its -k), for a
+    stack built inside a test; by default UPSTREAM_API_KEY when the suite
+    speaks openai, else none."""
 
-    def __init__(self, env=None):
+    def __init__(self, env=None, fake_key=None):
         self.extra_env = dict(env or {})
+        self.fake_key = fake_key if fake_key is not None else \
+            (UPSTREAM_API_KEY if UPSTREAM_API == "openai" else None)
         self.state = None
         self.port = None
         self.fake = None
@@ -426,7 +443,7 @@ class Stack:
         log_path = self.state / "log" / "fake_ollama.log"
         seen = log_path.stat().st_size if log_path.exists() else 0
         with open(log_path, "ab") as log:
-            key = ["-k", UPSTREAM_API_KEY] if UPSTREAM_API == "openai" else []
+            key = ["-k", self.fake_key] if self.fake_key else []
             self.fake = subprocess.Popen([str(FAKE_OLLAMA), "-p", str(port)] + key,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + 10
@@ -448,12 +465,7 @@ class Stack:
         responders then find nothing listening on its port."""
         if self.fake is None:
             return
-        self.fake.terminate()
-        try:
-            self.fake.wait(5)
-        except subprocess.TimeoutExpired:
-            self.fake.kill()
-            self.fake.wait()
+        end_process(self.fake, 5)
         self.fake = None
 
     def fake_start(self):

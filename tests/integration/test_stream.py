@@ -672,6 +672,26 @@ def test_upstream_gets_system_then_last_3_messages_then_the_new_one(stack):
     assert b["name"] in bmsgs[0][1] and a["name"] not in bmsgs[0][1], bmsgs[0][1]
 
 
+# What the chat request carries besides model and messages, by protocol: the
+# suite runs against either (harness.UPSTREAM_API), so this says which one
+# the stack really spoke.
+REQUEST_OPTIONS = {
+    "ollama": {"stream": True},
+    "openai": {"stream": True, "stream_options": {"include_usage": True}},
+}
+
+
+def test_the_upstream_is_asked_by_the_protocol_in_use(stack):
+    mark = marker()
+    parse_stream(stream(stack, shared(stack), f"{mark} {fake(tokens=1)}", "default"))
+    rec = fake_request(stack, mark)
+    assert rec["api"] == harness.UPSTREAM_API, rec
+    body = rec["body"]
+    want = REQUEST_OPTIONS[harness.UPSTREAM_API]
+    assert set(body) == {"model", "messages", *want}, body
+    assert {k: body[k] for k in want} == want and body["model"] == MODEL, body
+
+
 def test_history_endpoint_lists_the_streamed_exchanges_oldest_first(stack):
     user = account(stack, "histlist")
     c = conv()
