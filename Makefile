@@ -42,7 +42,7 @@ WEB_VENDOR := src/web/vendor/marked.esm.js src/web/vendor/purify.es.mjs
 # About 2 minutes.  Left out as protocol-neutral past the upstream transfer
 # these already cover: the rest of test_resume (the journal, reconnects) and
 # test_faults.test_soak_short; and the modules that never reach the model.
-OPENAI_TESTS := test_stream test_chat test_upstream_content test_delivery \
+OPENAI_TESTS := test_stream test_chat test_upstream_content test_delivery test_models_usage \
                 test_faults.test_faults_under_load \
                 test_resume.test_done_and_history_carry_the_upstreams_usage \
                 test_resume.test_failed_and_interrupted_replies_say_so_in_history_and_on_replay

@@ -365,8 +365,10 @@ static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off
 	return upstream_xfer_idle(s, t);
 }
 
-void upstream_http_reason(const char *body, size_t n, long status, char *out, size_t cap)
+int upstream_http_reason(const char *body, size_t n, long status, char *out, size_t cap)
 {
+	int said = 1;
+
 	cJSON *o = cJSON_ParseWithLength(body ? body : "", n);
 	const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
 	const cJSON *msg =
@@ -381,8 +383,10 @@ void upstream_http_reason(const char *body, size_t n, long status, char *out, si
 		snprintf(fallback, sizeof fallback, "The language model answered HTTP %ld.",
 			 status);
 		utf8_copy(out, cap, fallback);
+		said = 0;
 	}
 	cJSON_Delete(o);
+	return said;
 }
 
 /* The reason in a non-2xx answer, as the server put it. */
@@ -608,7 +612,11 @@ int upstream_models(int timeout_ms, void (*fn)(void *ctx, const char *name), voi
 	if (cc != CURLE_OK) {
 		snprintf(err, errlen, "%s", curl_error[0] ? curl_error : curl_easy_strerror(cc));
 	} else if (status != 200) {
-		snprintf(err, errlen, "GET %s answered HTTP %ld", wire->models_path, status);
+		char reason[256];
+		int said = upstream_http_reason(body.data, body.len, status, reason, sizeof reason);
+
+		snprintf(err, errlen, "GET %s answered HTTP %ld%s%s", wire->models_path, status,
+			 said ? ": " : "", said ? reason : "");
 	} else if (fn && wire->models(body.data ? body.data : "", body.len, fn, ctx) < 0) {
 		snprintf(err, errlen, "GET %s answered something that is not a list of models",
 			 wire->models_path);

@@ -132,8 +132,9 @@ int upstream_xfer_idle(struct upstream_xfer *x, double now);
 /* The reason to give for a non-2xx answer with this body: its
  * {"error": "..."} (Ollama), {"error": {"message": "..."}} (OpenAI) or
  * {"message": "..."} (vLLM), else the status; repaired to valid UTF-8 and
- * cut between characters to fit cap.  Pure: fuzzed. */
-void upstream_http_reason(const char *body, size_t n, long status, char *out, size_t cap);
+ * cut between characters to fit cap.  1 when the reason is the body's,
+ * 0 when it is only the status.  Pure: fuzzed. */
+int upstream_http_reason(const char *body, size_t n, long status, char *out, size_t cap);
 
 /* Seconds on CLOCK_MONOTONIC. */
 double upstream_now(void);

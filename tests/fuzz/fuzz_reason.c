@@ -38,6 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	long status;
 	cJSON *o;
 	const cJSON *err, *msg, *said = NULL;
+	int rc;
 
 	if (size < 3)
 		return 0;
@@ -48,7 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FUZZ_ASSERT(body);
 	memcpy(body, data + 3, n);
 	memset(out, 0x5a, sizeof out);
-	upstream_http_reason(body, n, status, out, cap);
+	rc = upstream_http_reason(body, n, status, out, cap);
 	FUZZ_ASSERT(memchr(out, '\0', cap));
 	FUZZ_ASSERT(out[0] != '\0');
 	FUZZ_ASSERT(utf8_valid(out, strlen(out)));
@@ -62,6 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (said && utf8_valid(said->valuestring, strlen(said->valuestring)) &&
 	    strlen(said->valuestring) < cap)
 		FUZZ_ASSERT(strcmp(out, said->valuestring) == 0);
+	FUZZ_ASSERT(rc == (said != NULL)); /* 1: the body's own reason */
 	if (!said && cap > 40)
 		FUZZ_ASSERT(strstr(out, "HTTP") != NULL);
 	cJSON_Delete(o);

@@ -293,7 +293,9 @@ def test_a_wrong_api_key_gives_the_user_the_servers_reason(stack):
         assert r.json()["detail"].startswith(reason), r
 
         r = own.request("GET", "/api/health/")
-        assert r.status == 503 and "401" in r.json()["upstream"], r
+        assert r.status == 503, r
+        assert r.json()["upstream"].startswith("error: GET /v1/models answered HTTP 401: "
+                                               + reason), r.json()
 
 
 # name, the key the stack holds (the fake always wants KEY)

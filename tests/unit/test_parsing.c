@@ -9,7 +9,6 @@
 #include "request.h"
 #include "sse.h"
 #include "upstream.h"
-#include "wire/wire.h"
 
 static void test_url_decode(void)
 {
@@ -457,78 +456,8 @@ static void test_chunk_lengths(void)
 	buf_free(&b);
 }
 
-/* One line of each protocol's answer, decoded: what it tells, or -1. */
-static void test_wire_decode(void)
-{
-	static const struct {
-		const struct wire *w;
-		const char *line;
-		int rc;
-		const char *content, *finish, *error;
-		long long prompt, completion;
-		int end;
-	} cases[] = {
-		{&wire_openai, "data: {\"choices\":[{\"delta\":{\"content\":\"Ol\\u00e1\"}}]}", 0,
-		 "Olá", NULL, NULL, -1, -1, 0},
-		{&wire_openai, "data:{\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}",
-		 0, NULL, "length", NULL, -1, -1, 0},
-		{&wire_openai,
-		 "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":26,\"completion_tokens\":2}}",
-		 0, NULL, NULL, NULL, 26, 2, 0},
-		/* Counts no double holds exactly are no counts (and no UB). */
-		{&wire_openai,
-		 "data: "
-		 "{\"choices\":[],\"usage\":{\"prompt_tokens\":1e300,\"completion_tokens\":-3}}",
-		 0, NULL, NULL, NULL, -1, -1, 0},
-		{&wire_openai, "data: [DONE]", 0, NULL, NULL, NULL, -1, -1, 1},
-		{&wire_openai, ": keep-alive", 0, NULL, NULL, NULL, -1, -1, 0},
-		{&wire_openai, "event: message", 0, NULL, NULL, NULL, -1, -1, 0},
-		{&wire_openai, "data: {\"error\":{\"message\":\"boom\"}}", 0, NULL, NULL, "boom",
-		 -1, -1, 0},
-		{&wire_openai, "data: {\"object\":\"error\",\"message\":\"too long\",\"code\":400}",
-		 0, NULL, NULL, "too long", -1, -1, 0},
-		{&wire_openai, "data: {\"choices\":[{\"delta\":{\"content\":7}}]}", -1, NULL, NULL,
-		 NULL, -1, -1, 0},
-		{&wire_openai, "data: {}", -1, NULL, NULL, NULL, -1, -1, 0},
-		{&wire_openai, "{\"message\":{\"content\":\"x\"},\"done\":false}", -1, NULL, NULL,
-		 NULL, -1, -1, 0},
-		{&wire_ollama, "{\"message\":{\"content\":\"x\"},\"done\":false}", 0, "x", NULL,
-		 NULL, -1, -1, 0},
-		{&wire_ollama,
-		 "{\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":26,\"eval_count\":"
-		 "1e19}",
-		 0, NULL, "stop", NULL, 26, -1, 1},
-		{&wire_ollama, "{\"error\":\"model gone\"}", 0, NULL, NULL, "model gone", -1, -1,
-		 0},
-	};
-	struct wire_line l;
-	size_t i;
-
-	for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-		int rc = cases[i].w->decode(cases[i].line, strlen(cases[i].line), &l);
-
-		CHECK(rc == cases[i].rc);
-		if (rc == 0) {
-			CHECK((l.content == NULL) == (cases[i].content == NULL));
-			if (l.content && cases[i].content)
-				CHECK_STR(l.content, cases[i].content);
-			CHECK((l.finish_reason == NULL) == (cases[i].finish == NULL));
-			if (l.finish_reason && cases[i].finish)
-				CHECK_STR(l.finish_reason, cases[i].finish);
-			CHECK((l.error == NULL) == (cases[i].error == NULL));
-			if (l.error && cases[i].error)
-				CHECK_STR(l.error, cases[i].error);
-			CHECK(l.prompt_tokens == cases[i].prompt);
-			CHECK(l.completion_tokens == cases[i].completion);
-			CHECK(l.end == cases[i].end);
-		}
-		wire_line_free(&l);
-	}
-}
-
 int main(void)
 {
-	test_wire_decode();
 	test_chunk_lengths();
 	test_url_decode();
 	test_form_lookup();

@@ -71,6 +71,10 @@ static void test_ollama_lines(void)
 		{"{\"error\":\"model \\\"x\\\" not found\"}", 0, NULL, "model \"x\" not found",
 		 NULL, -1, -1, 0},
 		{"{\"error\":42}", 0, NULL, reported, NULL, -1, -1, 0},
+		/* a count no double holds exactly is no count (and no undefined conversion) */
+		{"{\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":26,"
+		 "\"eval_count\":1e19}",
+		 0, NULL, NULL, "stop", 26, -1, 1},
 		{"{\"done\":false}", -1, NULL, NULL, NULL, -1, -1, 0},
 		{"{\"message\":{\"content\":7}}", -1, NULL, NULL, NULL, -1, -1, 0},
 		{"{\"message\":{\"content\":\"x\"}} trailing", -1, NULL, NULL, NULL, -1, -1, 0},
@@ -106,6 +110,9 @@ static void test_openai_lines(void)
 		{"data: {\"choices\":[{\"delta\":{\"content\":\"!\"},\"finish_reason\":\"stop\"}],"
 		 "\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}",
 		 0, "!", NULL, "stop", 1, 2, 0},
+		{"data: "
+		 "{\"choices\":[],\"usage\":{\"prompt_tokens\":1e300,\"completion_tokens\":-3}}",
+		 0, NULL, NULL, NULL, -1, -1, 0},
 		{"data: [DONE]", 0, NULL, NULL, NULL, -1, -1, 1},
 		{"data:[DONE]", 0, NULL, NULL, NULL, -1, -1, 1},
 		/* comments and the other fields of an event */
