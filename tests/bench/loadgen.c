@@ -16,6 +16,13 @@
  *                ndjson  each request is one stream; every non-empty line is
  *                        a chunk except the one holding "done":true, which
  *                        ends it well (Ollama's protocol: the floor)
+ *                openai  each request is one stream of OpenAI's chat
+ *                        completions SSE: a "data:" line holding "content"
+ *                        is a chunk (the finish and usage-only chunks are
+ *                        not), "data: [DONE]" ends it well, a "data:" line
+ *                        of an error object ({"error":.. or vLLM's
+ *                        "object":"error") badly (the floor of
+ *                        BENCH_API=openai)
  *                rr      request/response: -c keep-alive connections send
  *                        requests back to back for -d seconds
  *   -X METHOD    request method (default GET for sse, POST otherwise)
@@ -84,7 +91,7 @@
 #define SAMPLE_MS 100
 #define SAMPLES_MAX (64L * 1024 * 1024) /* recorded values per series */
 
-enum mode { M_SSE, M_NDJSON, M_RR };
+enum mode { M_SSE, M_NDJSON, M_RR, M_OPENAI };
 enum cstate { C_CONNECTING, C_SENDING, C_HEAD, C_BODY };
 enum framing { F_CLEN, F_CHUNKED, F_CLOSE };
 enum chunked { CH_SIZE, CH_EXT, CH_DATA, CH_DATA_END, CH_TRAILER };
@@ -668,6 +675,20 @@ static void on_line(struct conn *c, const char *p, size_t n, double now)
 			on_chunk(c, now);
 		return;
 	}
+	if (opt.mode == M_OPENAI) {
+		if (!has_prefix(p, n, "data:"))
+			return; /* blank lines, comments, other fields */
+		p += 5, n -= 5;
+		if (n > 0 && *p == ' ')
+			p++, n--;
+		if (n == 6 && memcmp(p, "[DONE]", 6) == 0)
+			c->got_done = !c->got_error; /* vLLM: [DONE] after an error */
+		else if (has_prefix(p, n, "{\"error\"") || memmem(p, n, "\"object\":\"error\"", 16))
+			c->got_error = 1;
+		else if (memmem(p, n, "\"content\":", 10))
+			on_chunk(c, now);
+		return;
+	}
 	if (n == 0) { /* a blank line ends the event */
 		c->ev = EV_MESSAGE;
 		return;
@@ -1107,7 +1128,8 @@ static void progress(double now)
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: loadgen [-m sse|ndjson|rr] [-X METHOD] [-b BODY] [-a AUTH] [-n N] [-c C]\n"
+		"usage: loadgen [-m sse|ndjson|openai|rr] [-X METHOD] [-b BODY] [-a AUTH] [-n N] "
+		"[-c C]\n"
 		"               [-r RATE] [-d SECS] [-T SECS] [-S PIDS] [-U NAME=PIDS] [-q]\n"
 		"               HOST:PORT PATH\n");
 	exit(2);
@@ -1142,6 +1164,8 @@ static void parse_args(int argc, char **argv)
 				opt.mode = M_NDJSON;
 			else if (strcmp(optarg, "rr") == 0)
 				opt.mode = M_RR;
+			else if (strcmp(optarg, "openai") == 0)
+				opt.mode = M_OPENAI;
 			else
 				usage();
 			break;
@@ -1207,7 +1231,7 @@ static void raise_nofile(void)
 
 static void report(double now)
 {
-	const char *modes[] = {"sse", "ndjson", "rr"};
+	const char *modes[] = {"sse", "ndjson", "rr", "openai"};
 	double elapsed = (now - g.t0) / 1e3;
 	int i, first = 1;
 
