@@ -15,7 +15,7 @@ set -u
 cd "$(dirname "$0")/../.." || exit 1
 
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=${FUZZ_TARGETS:-query body jwt ndjson openai sse shm fcgi_wire handoff auth throttle reason utf8}
+TARGETS=${FUZZ_TARGETS:-query body jwt ndjson openai openai_fast sse shm fcgi_wire handoff auth throttle reason utf8}
 CLANG=${CLANG:-clang}
 OUT=build/fuzz
 FLAGS="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
@@ -31,6 +31,7 @@ sources() {
 	query | body) echo request utf8 $CONFIG log metrics shm response buf ;;
 	jwt) echo jwt buf ;;
 	ndjson | openai) echo ndjson wire/wire wire/ollama wire/openai buf ;;
+	openai_fast) echo wire/wire wire/ollama buf ;; # includes wire/openai.c itself
 	sse) echo sse request utf8 response $CONFIG log metrics shm buf ;;
 	shm) echo limits metrics shm $CONFIG log buf ;;
 	fcgi_wire) echo fcgi_wire buf ;;
