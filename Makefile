@@ -39,11 +39,12 @@ WEB_VENDOR := src/web/vendor/marked.esm.js src/web/vendor/purify.es.mjs
 # The OpenAI pass: after the whole suite against the fake's Ollama API,
 # the tests of the streaming and chat paths again against its OpenAI API
 # (/v1/chat/completions, with an API key; JARVAS_TEST_UPSTREAM_API=openai).
-# About 2 minutes.  Left out as protocol-neutral past the upstream transfer
-# these already cover: the rest of test_resume (the journal, reconnects) and
-# test_faults.test_soak_short; and the modules that never reach the model.
+# About 1.5 minutes.  Left out as protocol-neutral past the upstream
+# transfer these already cover: the rest of test_resume (the journal,
+# reconnects) and test_faults (the same failures under load: the OpenAI
+# shapes of each are in test_openai_upstream, every pass; make bench loads
+# both protocols); and the modules that never reach the model.
 OPENAI_TESTS := test_stream test_chat test_upstream_content test_delivery test_models_usage \
-                test_faults.test_faults_under_load \
                 test_resume.test_done_and_history_carry_the_upstreams_usage \
                 test_resume.test_failed_and_interrupted_replies_say_so_in_history_and_on_replay
 # Both passes run, whatever the first gave; the status is the worse one.
