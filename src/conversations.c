@@ -29,17 +29,17 @@
 
 /* The title of a row: the renamed one, else the first user message
  * trimmed and cut on a character boundary. */
-static int add_title(cJSON *o, sqlite3_stmt *st)
+static int add_title(cJSON *o, struct db_stmt *st)
 {
-	const char *text = (const char *)sqlite3_column_text(st, 4);
+	const char *text = db_column_text(st, 4);
 	size_t n;
 	struct buf title;
 	int ok;
 
 	if (text)
 		return cJSON_AddStringToObject(o, "title", text) ? 0 : -1;
-	text = (const char *)sqlite3_column_text(st, 5);
-	n = text ? (size_t)sqlite3_column_bytes(st, 5) : 0;
+	text = db_column_text(st, 5);
+	n = text ? (size_t)db_column_bytes(st, 5) : 0;
 	if (!text)
 		text = ""; /* no user message: history never keeps such a reply */
 	n = utf8_trim(&text, n);
@@ -51,17 +51,17 @@ static int add_title(cJSON *o, sqlite3_stmt *st)
 }
 
 /* The conversation on the statement's current row as a JSON object. */
-static cJSON *row_object(sqlite3_stmt *st)
+static cJSON *row_object(struct db_stmt *st)
 {
-	const char *id = (const char *)sqlite3_column_text(st, 0);
-	const char *when = (const char *)sqlite3_column_text(st, 3);
+	const char *id = db_column_text(st, 0);
+	const char *when = db_column_text(st, 3);
 	cJSON *o = cJSON_CreateObject();
 
 	if (!o || !cJSON_AddStringToObject(o, "conversation_id", id ? id : "") ||
 	    add_title(o, st) < 0 ||
-	    !cJSON_AddNumberToObject(o, "message_count", (double)sqlite3_column_int64(st, 1)) ||
+	    !cJSON_AddNumberToObject(o, "message_count", (double)db_column_int64(st, 1)) ||
 	    !cJSON_AddStringToObject(o, "last_message_at", when ? when : "") ||
-	    !cJSON_AddNumberToObject(o, "last_message_id", (double)sqlite3_column_int64(st, 2))) {
+	    !cJSON_AddNumberToObject(o, "last_message_id", (double)db_column_int64(st, 2))) {
 		cJSON_Delete(o);
 		return NULL;
 	}
@@ -77,7 +77,7 @@ cJSON *conversations_list(struct db *d, long long user_id, long long before, int
 	static const char sql[] = CONVERSATION_COLUMNS
 		"WHERE user_id = ?1 GROUP BY conversation_id HAVING max(id) < ?2 "
 		"ORDER BY last_id DESC LIMIT ?3) AS g ORDER BY g.last_id DESC";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	cJSON *list = cJSON_CreateArray(), *o;
 	long long last = 0;
 	int rc, n = 0;
@@ -85,10 +85,10 @@ cJSON *conversations_list(struct db *d, long long user_id, long long before, int
 	*next = 0;
 	if (!st || !list)
 		goto fail;
-	sqlite3_bind_int64(st, 1, user_id);
-	sqlite3_bind_int64(st, 2, before);
-	sqlite3_bind_int(st, 3, limit + 1);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+	db_bind_int64(st, 1, user_id);
+	db_bind_int64(st, 2, before);
+	db_bind_int(st, 3, limit + 1);
+	while ((rc = db_step(st)) == DB_ROW) {
 		if (n++ == limit) {
 			*next = last; /* the probe row itself is not sent */
 			continue;
@@ -97,15 +97,15 @@ cJSON *conversations_list(struct db *d, long long user_id, long long before, int
 			cJSON_Delete(o);
 			goto fail;
 		}
-		last = sqlite3_column_int64(st, 2);
+		last = db_column_int64(st, 2);
 	}
-	if (rc != SQLITE_DONE)
+	if (rc != DB_DONE)
 		goto fail;
-	sqlite3_reset(st);
+	db_reset(st);
 	return list;
 fail:
 	if (st)
-		sqlite3_reset(st);
+		db_reset(st);
 	cJSON_Delete(list);
 	*next = 0;
 	return NULL;
@@ -115,19 +115,19 @@ int conversations_get(struct db *d, long long user_id, const char *conversation,
 {
 	static const char sql[] = CONVERSATION_COLUMNS
 		"WHERE user_id = ?1 AND conversation_id = ?2 GROUP BY conversation_id) AS g";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	int rc;
 
 	*out = NULL;
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, user_id);
-	sqlite3_bind_text(st, 2, conversation, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
+	db_bind_int64(st, 1, user_id);
+	db_bind_text(st, 2, conversation, -1);
+	rc = db_step(st);
+	if (rc == DB_ROW)
 		*out = row_object(st);
-	sqlite3_reset(st);
-	if (rc == SQLITE_DONE)
+	db_reset(st);
+	if (rc == DB_DONE)
 		return 1;
 	return *out ? 0 : -1;
 }
@@ -142,17 +142,17 @@ int conversations_rename(struct db *d, long long user_id, const char *conversati
 		"SELECT ?1, ?2, ?3 WHERE EXISTS "
 		"(SELECT 1 FROM messages WHERE user_id = ?1 AND conversation_id = ?2) "
 		"ON CONFLICT (user_id, conversation_id) DO UPDATE SET title = excluded.title";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	int rc;
 
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, user_id);
-	sqlite3_bind_text(st, 2, conversation, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, title, (int)len, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
+	db_bind_int64(st, 1, user_id);
+	db_bind_text(st, 2, conversation, -1);
+	db_bind_text(st, 3, title, (int)len);
+	rc = db_step(st);
+	db_reset(st);
+	if (rc != DB_DONE)
 		return -1;
-	return sqlite3_changes(db_handle(d)) > 0 ? 0 : 1;
+	return db_changes(d) > 0 ? 0 : 1;
 }

@@ -10,6 +10,7 @@
 #include "db.h"
 
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -319,7 +320,107 @@ void db_release(struct db *d)
 	pthread_mutex_unlock(&pool.lock);
 }
 
-sqlite3_stmt *db_stmt(struct db *d, const char *sql)
+static sqlite3_stmt *cached(struct db *d, const char *sql);
+
+/* A struct db_stmt is SQLite's own statement, under the name the rest of
+ * the code knows. */
+static sqlite3_stmt *sq(struct db_stmt *st)
+{
+	return (sqlite3_stmt *)(void *)st;
+}
+
+struct db_stmt *db_stmt(struct db *d, const char *sql)
+{
+	return (struct db_stmt *)(void *)cached(d, sql);
+}
+
+void db_bind_int64(struct db_stmt *st, int i, long long v)
+{
+	sqlite3_bind_int64(sq(st), i, (sqlite3_int64)v);
+}
+
+void db_bind_int(struct db_stmt *st, int i, int v)
+{
+	sqlite3_bind_int(sq(st), i, v);
+}
+
+void db_bind_text(struct db_stmt *st, int i, const char *text, int n)
+{
+	sqlite3_bind_text(sq(st), i, text, n, SQLITE_STATIC);
+}
+
+void db_bind_text_copy(struct db_stmt *st, int i, const char *text, int n)
+{
+	sqlite3_bind_text(sq(st), i, text, n, SQLITE_TRANSIENT);
+}
+
+void db_bind_blob(struct db_stmt *st, int i, const void *p, int n)
+{
+	sqlite3_bind_blob(sq(st), i, p, n, SQLITE_STATIC);
+}
+
+int db_step(struct db_stmt *st)
+{
+	int rc = sqlite3_step(sq(st));
+
+	return rc == SQLITE_ROW			  ? DB_ROW
+	       : rc == SQLITE_DONE		  ? DB_DONE
+	       : (rc & 0xff) == SQLITE_CONSTRAINT ? DB_CONSTRAINT
+						  : DB_ERROR;
+}
+
+void db_reset(struct db_stmt *st)
+{
+	sqlite3_reset(sq(st));
+}
+
+long long db_column_int64(struct db_stmt *st, int i)
+{
+	return (long long)sqlite3_column_int64(sq(st), i);
+}
+
+int db_column_int(struct db_stmt *st, int i)
+{
+	return sqlite3_column_int(sq(st), i);
+}
+
+double db_column_double(struct db_stmt *st, int i)
+{
+	return sqlite3_column_double(sq(st), i);
+}
+
+const char *db_column_text(struct db_stmt *st, int i)
+{
+	return (const char *)sqlite3_column_text(sq(st), i);
+}
+
+const void *db_column_blob(struct db_stmt *st, int i)
+{
+	return sqlite3_column_blob(sq(st), i);
+}
+
+int db_column_bytes(struct db_stmt *st, int i)
+{
+	return sqlite3_column_bytes(sq(st), i);
+}
+
+int db_column_is_null(struct db_stmt *st, int i)
+{
+	return sqlite3_column_type(sq(st), i) == SQLITE_NULL;
+}
+
+int db_column_is_blob(struct db_stmt *st, int i)
+{
+	return sqlite3_column_type(sq(st), i) == SQLITE_BLOB;
+}
+
+int db_changes(struct db *d)
+{
+	return sqlite3_changes(d->conn);
+}
+
+/* The cached statement of this SQL text, reset and unbound. */
+static sqlite3_stmt *cached(struct db *d, const char *sql)
 {
 	sqlite3_stmt *st;
 	int i;
@@ -364,7 +465,7 @@ int db_exec(struct db *d, const char *sql)
 /* Run a cached statement that returns no rows. */
 static int db_run(struct db *d, const char *sql)
 {
-	sqlite3_stmt *st = db_stmt(d, sql);
+	sqlite3_stmt *st = cached(d, sql);
 	int rc;
 
 	if (!st)
@@ -415,11 +516,6 @@ void db_rollback(struct db *d)
 const char *db_errmsg(struct db *d)
 {
 	return d && d->conn ? sqlite3_errmsg(d->conn) : "no database connection";
-}
-
-sqlite3 *db_handle(struct db *d)
-{
-	return d->conn;
 }
 
 /* Find the next "-- migrate: N" marker at or after p.  Returns its start

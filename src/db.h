@@ -10,10 +10,11 @@
 #ifndef JARVAS_DB_H
 #define JARVAS_DB_H
 
-#include <sqlite3.h>
 #include <stddef.h>
 
 struct db;
+/* A prepared statement of one connection, kept by it (db_stmt()). */
+struct db_stmt;
 
 /* Set up the pool (connections open lazily).  0 or -1. */
 int db_pool_init(const char *path, int size);
@@ -34,16 +35,50 @@ void db_release(struct db *d);
 struct db *db_open(const char *path, int create);
 void db_close(struct db *d);
 
-/* The prepared statement for this SQL text, reset and unbound.  `sql`
- * must be a string literal: the cache is keyed on its address. */
-sqlite3_stmt *db_stmt(struct db *d, const char *sql);
+/* The prepared statement for this SQL text, reset and unbound, or NULL
+ * (logged).  `sql` must be a string literal: the cache is keyed on its
+ * address.  Parameters are ?1, ?2, ... */
+struct db_stmt *db_stmt(struct db *d, const char *sql);
+
+/* Bind parameter i (from 1).  Text and blobs are not copied: they must
+ * stay as they are until the statement is reset (db_bind_text_copy()
+ * copies).  n < 0: the text up to its NUL. */
+void db_bind_int64(struct db_stmt *st, int i, long long v);
+void db_bind_int(struct db_stmt *st, int i, int v);
+void db_bind_text(struct db_stmt *st, int i, const char *text, int n);
+void db_bind_text_copy(struct db_stmt *st, int i, const char *text, int n);
+void db_bind_blob(struct db_stmt *st, int i, const void *p, int n);
+
+/* What db_step() returns. */
+enum {
+	DB_DONE = 0,	    /* finished, no (more) rows */
+	DB_ROW = 1,	    /* a row to read with db_column_*() */
+	DB_ERROR = -1,	    /* failed: db_errmsg() says why */
+	DB_CONSTRAINT = -2, /* refused by a constraint (UNIQUE, CHECK, ...) */
+};
+int db_step(struct db_stmt *st);
+/* Back to its start, bindings kept; what db_stmt() does too. */
+void db_reset(struct db_stmt *st);
+
+/* Column i (from 0) of the current row.  Text and blobs stay valid until
+ * the next step or reset; NULL reads as 0, NULL or "". */
+long long db_column_int64(struct db_stmt *st, int i);
+int db_column_int(struct db_stmt *st, int i);
+double db_column_double(struct db_stmt *st, int i);
+const char *db_column_text(struct db_stmt *st, int i);
+const void *db_column_blob(struct db_stmt *st, int i);
+int db_column_bytes(struct db_stmt *st, int i);
+int db_column_is_null(struct db_stmt *st, int i);
+int db_column_is_blob(struct db_stmt *st, int i);
+
+/* Rows the last INSERT, UPDATE or DELETE of d changed. */
+int db_changes(struct db *d);
 /* Run SQL without results (BEGIN, COMMIT, pragmas). 0 or -1. */
 int db_exec(struct db *d, const char *sql);
 int db_begin(struct db *d); /* BEGIN IMMEDIATE: we always write */
 int db_commit(struct db *d);
 void db_rollback(struct db *d);
 const char *db_errmsg(struct db *d);
-sqlite3 *db_handle(struct db *d);
 
 /* Apply schema.sql's migrations newer than the file's user_version, each
  * in one transaction with foreign keys off (so a block may rebuild a

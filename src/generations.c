@@ -69,16 +69,16 @@ static int clear(struct db *d, long long message_id)
 	static const char sql_reply[] = "UPDATE messages SET status = 'interrupted', complete = 0 "
 					"WHERE id = ?1 AND status = 'streaming'";
 	const char *const sql[] = {sql_empty, sql_reply};
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int i, rc;
 
 	for (i = 0; i < 2; i++) {
 		if (!(st = db_stmt(d, sql[i])))
 			return -1;
-		sqlite3_bind_int64(st, 1, message_id);
-		rc = sqlite3_step(st);
-		sqlite3_reset(st);
-		if (rc != SQLITE_DONE)
+		db_bind_int64(st, 1, message_id);
+		rc = db_step(st);
+		db_reset(st);
+		if (rc != DB_DONE)
 			return -1;
 	}
 	return generations_release(d, message_id);
@@ -90,23 +90,22 @@ int generations_claim(struct db *d, long long message_id, long long user_id,
 	static const char sql[] = "INSERT INTO generations (message_id, user_id, conversation_id, "
 				  "owner, resumable) VALUES (?1, ?2, ?3, ?4, ?5)";
 	struct generation g;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc, attempt;
 
 	for (attempt = 0; attempt < 2; attempt++) {
 		if (!(st = db_stmt(d, sql)))
 			return -1;
-		sqlite3_bind_int64(st, 1, message_id);
-		sqlite3_bind_int64(st, 2, user_id);
-		sqlite3_bind_text(st, 3, conversation, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 4, generations_owner(), -1, SQLITE_TRANSIENT);
-		sqlite3_bind_int(st, 5, resumable);
-		rc = sqlite3_step(st);
-		sqlite3_reset(st);
-		if (rc == SQLITE_DONE)
+		db_bind_int64(st, 1, message_id);
+		db_bind_int64(st, 2, user_id);
+		db_bind_text(st, 3, conversation, -1);
+		db_bind_text_copy(st, 4, generations_owner(), -1);
+		db_bind_int(st, 5, resumable);
+		rc = db_step(st);
+		db_reset(st);
+		if (rc == DB_DONE)
 			return 0;
-		if ((rc & 0xff) != SQLITE_CONSTRAINT ||
-		    generations_find(d, user_id, 0, conversation, &g) <= 0)
+		if (rc != DB_CONSTRAINT || generations_find(d, user_id, 0, conversation, &g) <= 0)
 			return -1;
 		if (g.alive) {
 			*running = g.message_id;
@@ -121,15 +120,15 @@ int generations_claim(struct db *d, long long message_id, long long user_id,
 int generations_release(struct db *d, long long message_id)
 {
 	static const char sql[] = "DELETE FROM generations WHERE message_id = ?1";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	int rc;
 
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, message_id);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : -1;
+	db_bind_int64(st, 1, message_id);
+	rc = db_step(st);
+	db_reset(st);
+	return rc == DB_DONE ? 0 : -1;
 }
 
 int generations_find(struct db *d, long long user_id, long long message_id,
@@ -140,29 +139,29 @@ int generations_find(struct db *d, long long user_id, long long message_id,
 	static const char sql_conv[] =
 		"SELECT message_id, conversation_id, owner, resumable "
 		"FROM generations WHERE user_id = ?1 AND conversation_id = ?2";
-	sqlite3_stmt *st = db_stmt(d, conversation ? sql_conv : sql_id);
+	struct db_stmt *st = db_stmt(d, conversation ? sql_conv : sql_id);
 	int rc;
 
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, user_id);
+	db_bind_int64(st, 1, user_id);
 	if (conversation)
-		sqlite3_bind_text(st, 2, conversation, -1, SQLITE_STATIC);
+		db_bind_text(st, 2, conversation, -1);
 	else
-		sqlite3_bind_int64(st, 2, message_id);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		const char *conv = (const char *)sqlite3_column_text(st, 1);
+		db_bind_int64(st, 2, message_id);
+	rc = db_step(st);
+	if (rc == DB_ROW) {
+		const char *conv = db_column_text(st, 1);
 
 		memset(out, 0, sizeof *out);
-		out->message_id = sqlite3_column_int64(st, 0);
+		out->message_id = db_column_int64(st, 0);
 		out->user_id = user_id;
 		snprintf(out->conversation, sizeof out->conversation, "%s", conv ? conv : "");
-		out->alive = owner_alive((const char *)sqlite3_column_text(st, 2));
-		out->resumable = sqlite3_column_int(st, 3);
+		out->alive = owner_alive(db_column_text(st, 2));
+		out->resumable = db_column_int(st, 3);
 	}
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+	db_reset(st);
+	return rc == DB_ROW ? 1 : rc == DB_DONE ? 0 : -1;
 }
 
 int generations_sweep(struct db *d)
@@ -170,17 +169,17 @@ int generations_sweep(struct db *d)
 	static const char sql[] = "SELECT message_id, owner FROM generations";
 	long long dead[64];
 	int n = 0, i, rc, total = 0;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 
 	do { /* in batches: clear() needs the statement cache free */
 		if (!(st = db_stmt(d, sql)))
 			return -1;
 		n = 0;
-		while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < 64)
-			if (!owner_alive((const char *)sqlite3_column_text(st, 1)))
-				dead[n++] = sqlite3_column_int64(st, 0);
-		sqlite3_reset(st);
-		if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		while ((rc = db_step(st)) == DB_ROW && n < 64)
+			if (!owner_alive(db_column_text(st, 1)))
+				dead[n++] = db_column_int64(st, 0);
+		db_reset(st);
+		if (rc != DB_ROW && rc != DB_DONE)
 			return -1;
 		if (n == 0)
 			break;

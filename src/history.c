@@ -35,20 +35,20 @@ void history_free(struct history *h)
 }
 
 /* Run a statement that returns no rows: 0 or -1. */
-static int step_done(sqlite3_stmt *st)
+static int step_done(struct db_stmt *st)
 {
-	int rc = sqlite3_step(st);
+	int rc = db_step(st);
 
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : -1;
+	db_reset(st);
+	return rc == DB_DONE ? 0 : -1;
 }
 
 /* ?1..?3 of a messages row: its id, its user and conversation. */
-static void bind_row(sqlite3_stmt *st, long long id, long long user_id, const char *conversation)
+static void bind_row(struct db_stmt *st, long long id, long long user_id, const char *conversation)
 {
-	sqlite3_bind_int64(st, 1, id);
-	sqlite3_bind_int64(st, 2, user_id);
-	sqlite3_bind_text(st, 3, conversation, -1, SQLITE_STATIC);
+	db_bind_int64(st, 1, id);
+	db_bind_int64(st, 2, user_id);
+	db_bind_text(st, 3, conversation, -1);
 }
 
 int history_last(struct db *d, long long user_id, const char *conversation, int limit,
@@ -58,7 +58,7 @@ int history_last(struct db *d, long long user_id, const char *conversation, int 
 	static const char sql[] =
 		"SELECT role, content FROM messages WHERE user_id = ?1 AND conversation_id = ?2 "
 		"ORDER BY id DESC LIMIT ?3";
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc, i;
 
 	out->items = NULL;
@@ -71,12 +71,12 @@ int history_last(struct db *d, long long user_id, const char *conversation, int 
 	out->items = calloc((size_t)limit, sizeof *out->items);
 	if (!out->items)
 		return -1;
-	sqlite3_bind_int64(st, 1, user_id);
-	sqlite3_bind_text(st, 2, conversation, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 3, limit);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW && out->n < limit) {
-		const char *role = (const char *)sqlite3_column_text(st, 0);
-		const char *text = (const char *)sqlite3_column_text(st, 1);
+	db_bind_int64(st, 1, user_id);
+	db_bind_text(st, 2, conversation, -1);
+	db_bind_int(st, 3, limit);
+	while ((rc = db_step(st)) == DB_ROW && out->n < limit) {
+		const char *role = db_column_text(st, 0);
+		const char *text = db_column_text(st, 1);
 		struct history_msg *m = &out->items[out->n];
 
 		m->role = role && strcmp(role, "user") == 0 ? "user" : "assistant";
@@ -85,9 +85,9 @@ int history_last(struct db *d, long long user_id, const char *conversation, int 
 			goto fail;
 		out->n++;
 	}
-	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+	if (rc != DB_DONE && rc != DB_ROW)
 		goto fail;
-	sqlite3_reset(st);
+	db_reset(st);
 	for (i = 0; i < out->n / 2; i++) {
 		struct history_msg t = out->items[i];
 		out->items[i] = out->items[out->n - 1 - i];
@@ -95,34 +95,34 @@ int history_last(struct db *d, long long user_id, const char *conversation, int 
 	}
 	return 0;
 fail:
-	sqlite3_reset(st);
+	db_reset(st);
 	history_free(out);
 	return -1;
 }
 
 /* "usage": {"prompt_tokens", "completion_tokens"} from columns i, i+1
  * of st, those that are not NULL; nothing when both are.  0 or -1. */
-static int add_usage(cJSON *m, sqlite3_stmt *st, int i)
+static int add_usage(cJSON *m, struct db_stmt *st, int i)
 {
 	static const char *const names[] = {"prompt_tokens", "completion_tokens"};
 	cJSON *u = NULL;
 	int k;
 
 	for (k = 0; k < 2; k++) {
-		if (sqlite3_column_type(st, i + k) == SQLITE_NULL)
+		if (db_column_is_null(st, i + k))
 			continue;
 		if (!u && !(u = cJSON_AddObjectToObject(m, "usage")))
 			return -1;
-		if (!cJSON_AddNumberToObject(u, names[k], (double)sqlite3_column_int64(st, i + k)))
+		if (!cJSON_AddNumberToObject(u, names[k], (double)db_column_int64(st, i + k)))
 			return -1;
 	}
 	return 0;
 }
 
 /* "name": column i of st, unless it is NULL.  0 or -1. */
-static int add_text(cJSON *m, sqlite3_stmt *st, int i, const char *name)
+static int add_text(cJSON *m, struct db_stmt *st, int i, const char *name)
 {
-	const char *v = (const char *)sqlite3_column_text(st, i);
+	const char *v = db_column_text(st, i);
 
 	return !v || cJSON_AddStringToObject(m, name, v) ? 0 : -1;
 }
@@ -133,25 +133,25 @@ cJSON *history_list(struct db *d, long long user_id, const char *conversation)
 		"SELECT id, role, content, created_at, status, prompt_tokens, completion_tokens, "
 		"model, finish_reason FROM messages WHERE user_id = ?1 AND conversation_id = ?2 "
 		"ORDER BY id";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	cJSON *list = cJSON_CreateArray(), *m;
 	int rc;
 
 	if (!st || !list)
 		goto fail;
-	sqlite3_bind_int64(st, 1, user_id);
-	sqlite3_bind_text(st, 2, conversation, -1, SQLITE_STATIC);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		const char *role = (const char *)sqlite3_column_text(st, 1);
-		const char *text = (const char *)sqlite3_column_text(st, 2);
-		const char *when = (const char *)sqlite3_column_text(st, 3);
-		const char *status = (const char *)sqlite3_column_text(st, 4);
+	db_bind_int64(st, 1, user_id);
+	db_bind_text(st, 2, conversation, -1);
+	while ((rc = db_step(st)) == DB_ROW) {
+		const char *role = db_column_text(st, 1);
+		const char *text = db_column_text(st, 2);
+		const char *when = db_column_text(st, 3);
+		const char *status = db_column_text(st, 4);
 
 		m = cJSON_CreateObject();
 		if (!m)
 			goto fail;
 		cJSON_AddItemToArray(list, m);
-		if (!cJSON_AddNumberToObject(m, "id", (double)sqlite3_column_int64(st, 0)) ||
+		if (!cJSON_AddNumberToObject(m, "id", (double)db_column_int64(st, 0)) ||
 		    !cJSON_AddStringToObject(m, "role", role ? role : "") ||
 		    !cJSON_AddStringToObject(m, "content", text ? text : "") ||
 		    !cJSON_AddStringToObject(m, "created_at", when ? when : "") ||
@@ -160,13 +160,13 @@ cJSON *history_list(struct db *d, long long user_id, const char *conversation)
 		    add_text(m, st, 8, "finish_reason") < 0)
 			goto fail;
 	}
-	if (rc != SQLITE_DONE)
+	if (rc != DB_DONE)
 		goto fail;
-	sqlite3_reset(st);
+	db_reset(st);
 	return list;
 fail:
 	if (st)
-		sqlite3_reset(st);
+		db_reset(st);
 	cJSON_Delete(list);
 	return NULL;
 }
@@ -178,22 +178,22 @@ int history_reserve_ids(struct db *d, long long *user_msg_id, long long *reply_i
 	static const char sql_bump[] =
 		"UPDATE sequences SET value = value + 2 WHERE name = 'message'";
 	static const char sql_read[] = "SELECT value FROM sequences WHERE name = 'message'";
-	sqlite3_stmt *st = db_stmt(d, sql_bump);
+	struct db_stmt *st = db_stmt(d, sql_bump);
 	int rc;
 
 	if (!st)
 		return -1;
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE || !(st = db_stmt(d, sql_read)))
+	rc = db_step(st);
+	db_reset(st);
+	if (rc != DB_DONE || !(st = db_stmt(d, sql_read)))
 		return -1;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		*reply_id = sqlite3_column_int64(st, 0);
+	rc = db_step(st);
+	if (rc == DB_ROW) {
+		*reply_id = db_column_int64(st, 0);
 		*user_msg_id = *reply_id - 1;
 	}
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW ? 0 : -1;
+	db_reset(st);
+	return rc == DB_ROW ? 0 : -1;
 }
 
 int history_store_message(struct db *d, long long id, long long user_id, const char *conversation,
@@ -202,36 +202,36 @@ int history_store_message(struct db *d, long long id, long long user_id, const c
 	static const char sql[] =
 		"INSERT INTO messages (id, user_id, conversation_id, role, content, complete) "
 		"VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 
 	if (!st)
 		return -1;
 	bind_row(st, id, user_id, conversation);
-	sqlite3_bind_text(st, 4, role, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 5, text, (int)len, SQLITE_STATIC);
-	sqlite3_bind_int(st, 6, complete);
+	db_bind_text(st, 4, role, -1);
+	db_bind_text(st, 5, text, (int)len);
+	db_bind_int(st, 6, complete);
 	return step_done(st);
 }
 
 /* Bind the final fields of a reply to ?5..?10, ?12 and ?13 of a
  * statement that inserts or updates one (status, complete, the two
  * counters, the chunk ends, the error; the model, the finish reason). */
-static void bind_reply(sqlite3_stmt *st, const struct history_reply *rep)
+static void bind_reply(struct db_stmt *st, const struct history_reply *rep)
 {
 	if (rep->model)
-		sqlite3_bind_text(st, 12, rep->model, -1, SQLITE_STATIC);
+		db_bind_text(st, 12, rep->model, -1);
 	if (rep->finish_reason && rep->finish_reason[0])
-		sqlite3_bind_text(st, 13, rep->finish_reason, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 5, rep->status, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 6, strcmp(rep->status, "done") == 0);
+		db_bind_text(st, 13, rep->finish_reason, -1);
+	db_bind_text(st, 5, rep->status, -1);
+	db_bind_int(st, 6, strcmp(rep->status, "done") == 0);
 	if (rep->prompt_tokens >= 0)
-		sqlite3_bind_int64(st, 7, rep->prompt_tokens);
+		db_bind_int64(st, 7, rep->prompt_tokens);
 	if (rep->completion_tokens >= 0)
-		sqlite3_bind_int64(st, 8, rep->completion_tokens);
+		db_bind_int64(st, 8, rep->completion_tokens);
 	if (rep->chunks)
-		sqlite3_bind_blob(st, 9, rep->chunks, (int)rep->chunks_len, SQLITE_STATIC);
+		db_bind_blob(st, 9, rep->chunks, (int)rep->chunks_len);
 	if (rep->error)
-		sqlite3_bind_text(st, 10, rep->error, -1, SQLITE_STATIC);
+		db_bind_text(st, 10, rep->error, -1);
 }
 
 int history_store(struct db *d, long long user_id, const char *conversation, long long user_msg_id,
@@ -243,14 +243,14 @@ int history_store(struct db *d, long long user_id, const char *conversation, lon
 				  "finish_reason) "
 				  "VALUES (?1, ?2, ?3, 'assistant', ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
 				  "?12, ?13)";
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 
 	if (history_store_message(d, user_msg_id, user_id, conversation, "user", user_text,
 				  strlen(user_text), 1) < 0 ||
 	    !(st = db_stmt(d, sql)))
 		return -1;
 	bind_row(st, reply_id, user_id, conversation);
-	sqlite3_bind_text(st, 4, rep->text, (int)rep->len, SQLITE_STATIC);
+	db_bind_text(st, 4, rep->text, (int)rep->len);
 	bind_reply(st, rep);
 	return step_done(st);
 }
@@ -261,12 +261,12 @@ int history_start_reply(struct db *d, long long reply_id, long long user_id,
 	static const char sql[] = "INSERT INTO messages (id, user_id, conversation_id, role, "
 				  "content, complete, status, model) "
 				  "VALUES (?1, ?2, ?3, 'assistant', '', 0, 'streaming', ?4)";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 
 	if (!st)
 		return -1;
 	bind_row(st, reply_id, user_id, conversation);
-	sqlite3_bind_text(st, 4, model, -1, SQLITE_STATIC);
+	db_bind_text(st, 4, model, -1);
 	return step_done(st);
 }
 
@@ -295,17 +295,17 @@ int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, 
 		"ON CONFLICT (id) DO UPDATE SET content = excluded.content "
 		"WHERE messages.status = 'streaming' AND "
 		"length(CAST(messages.content AS BLOB)) < length(CAST(excluded.content AS BLOB))";
-	sqlite3_stmt *st = db_stmt(d, partial ? sql_partial : sql_final);
+	struct db_stmt *st = db_stmt(d, partial ? sql_partial : sql_final);
 
 	if (!st)
 		return -1;
 	bind_row(st, reply_id, user_id, conversation);
-	sqlite3_bind_text(st, 4, rep->text, (int)rep->len, SQLITE_STATIC);
+	db_bind_text(st, 4, rep->text, (int)rep->len);
 	if (!partial)
 		bind_reply(st, rep);
 	else if (rep->model)
-		sqlite3_bind_text(st, 12, rep->model, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 11, user_msg_id);
+		db_bind_text(st, 12, rep->model, -1);
+	db_bind_int64(st, 11, user_msg_id);
 	return step_done(st);
 }
 
@@ -344,11 +344,10 @@ int history_chunk_next(const unsigned char **p, const unsigned char *end, size_t
 }
 
 /* A copy of column i's bytes (NUL-terminated), or NULL. */
-static void *column_copy(sqlite3_stmt *st, int i, size_t *len)
+static void *column_copy(struct db_stmt *st, int i, size_t *len)
 {
-	const void *p = sqlite3_column_type(st, i) == SQLITE_BLOB ? sqlite3_column_blob(st, i)
-								  : sqlite3_column_text(st, i);
-	size_t n = (size_t)sqlite3_column_bytes(st, i);
+	const void *p = db_column_is_blob(st, i) ? db_column_blob(st, i) : db_column_text(st, i);
+	size_t n = (size_t)db_column_bytes(st, i);
 	char *c;
 
 	if (!p || !(c = malloc(n + 1)))
@@ -361,9 +360,9 @@ static void *column_copy(sqlite3_stmt *st, int i, size_t *len)
 }
 
 /* Column i's text into a fixed field, cut between characters ("" NULL). */
-static void copy_text(char *out, size_t cap, sqlite3_stmt *st, int i)
+static void copy_text(char *out, size_t cap, struct db_stmt *st, int i)
 {
-	const char *v = (const char *)sqlite3_column_text(st, i);
+	const char *v = db_column_text(st, i);
 
 	utf8_copy(out, cap, v ? v : "");
 }
@@ -376,42 +375,38 @@ int history_get_reply(struct db *d, long long user_id, long long message_id,
 		"completion_tokens, model, finish_reason FROM messages WHERE id = ?1 AND user_id = "
 		"?2 AND role = "
 		"'assistant'";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	int rc;
 
 	memset(out, 0, sizeof *out);
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, message_id);
-	sqlite3_bind_int64(st, 2, user_id);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		const char *conv = (const char *)sqlite3_column_text(st, 0);
-		const char *status = (const char *)sqlite3_column_text(st, 1);
+	db_bind_int64(st, 1, message_id);
+	db_bind_int64(st, 2, user_id);
+	rc = db_step(st);
+	if (rc == DB_ROW) {
+		const char *conv = db_column_text(st, 0);
+		const char *status = db_column_text(st, 1);
 
 		snprintf(out->conversation, sizeof out->conversation, "%s", conv ? conv : "");
 		snprintf(out->status, sizeof out->status, "%s", status ? status : "done");
 		out->text = column_copy(st, 2, &out->len);
-		if (sqlite3_column_type(st, 3) == SQLITE_BLOB)
+		if (db_column_is_blob(st, 3))
 			out->chunks = column_copy(st, 3, &out->chunks_len);
-		if (sqlite3_column_type(st, 4) != SQLITE_NULL)
+		if (!db_column_is_null(st, 4))
 			out->error = column_copy(st, 4, NULL);
-		out->prompt_tokens = sqlite3_column_type(st, 5) == SQLITE_NULL
-					     ? -1
-					     : sqlite3_column_int64(st, 5);
-		out->completion_tokens = sqlite3_column_type(st, 6) == SQLITE_NULL
-						 ? -1
-						 : sqlite3_column_int64(st, 6);
+		out->prompt_tokens = db_column_is_null(st, 5) ? -1 : db_column_int64(st, 5);
+		out->completion_tokens = db_column_is_null(st, 6) ? -1 : db_column_int64(st, 6);
 		copy_text(out->model, sizeof out->model, st, 7);
 		copy_text(out->finish_reason, sizeof out->finish_reason, st, 8);
 		if (!out->text) {
-			sqlite3_reset(st);
+			db_reset(st);
 			history_stored_free(out);
 			return -1;
 		}
 	}
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+	db_reset(st);
+	return rc == DB_ROW ? 1 : rc == DB_DONE ? 0 : -1;
 }
 
 void history_stored_free(struct history_stored *s)
@@ -426,31 +421,31 @@ void history_stored_free(struct history_stored *s)
 int history_forget(struct db *d, long long user_id, long long user_msg_id, long long reply_id)
 {
 	static const char sql[] = "DELETE FROM messages WHERE user_id = ?1 AND id IN (?2, ?3)";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	int rc;
 
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, user_id);
-	sqlite3_bind_int64(st, 2, user_msg_id);
-	sqlite3_bind_int64(st, 3, reply_id);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : -1;
+	db_bind_int64(st, 1, user_id);
+	db_bind_int64(st, 2, user_msg_id);
+	db_bind_int64(st, 3, reply_id);
+	rc = db_step(st);
+	db_reset(st);
+	return rc == DB_DONE ? 0 : -1;
 }
 
 int history_delete(struct db *d, long long user_id, const char *conversation)
 {
 	static const char sql[] =
 		"DELETE FROM messages WHERE user_id = ?1 AND conversation_id = ?2";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	int rc;
 
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, user_id);
-	sqlite3_bind_text(st, 2, conversation, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? sqlite3_changes(db_handle(d)) : -1;
+	db_bind_int64(st, 1, user_id);
+	db_bind_text(st, 2, conversation, -1);
+	rc = db_step(st);
+	db_reset(st);
+	return rc == DB_DONE ? db_changes(d) : -1;
 }

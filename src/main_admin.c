@@ -75,13 +75,13 @@ static int write_key(const char *path, int *exists)
 static long count_users(struct db *d)
 {
 	static const char sql[] = "SELECT count(*) FROM users";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	long n = -1;
 
-	if (st && sqlite3_step(st) == SQLITE_ROW)
-		n = (long)sqlite3_column_int64(st, 0);
+	if (st && db_step(st) == DB_ROW)
+		n = (long)db_column_int64(st, 0);
 	if (st)
-		sqlite3_reset(st);
+		db_reset(st);
 	return n;
 }
 
@@ -424,7 +424,7 @@ static int cmd_users(void)
 {
 	static const char sql[] =
 		"SELECT username, is_active, created_at FROM users ORDER BY username";
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	struct db *d = db_open(config.db_path, 0);
 	int rc;
 
@@ -436,10 +436,10 @@ static int cmd_users(void)
 	/* Tab-separated like the rows, so scripts can skip one line. */
 	if (st)
 		printf("username\tactive\tcreated_at\n");
-	while (st && (rc = sqlite3_step(st)) == SQLITE_ROW)
-		printf("%s\t%d\t%s\n", sqlite3_column_text(st, 0), sqlite3_column_int(st, 1),
-		       sqlite3_column_text(st, 2));
-	rc = st && rc == SQLITE_DONE ? 0 : 1;
+	while (st && (rc = db_step(st)) == DB_ROW)
+		printf("%s\t%d\t%s\n", db_column_text(st, 0), db_column_int(st, 1),
+		       db_column_text(st, 2));
+	rc = st && rc == DB_DONE ? 0 : 1;
 	if (rc)
 		fprintf(stderr, "jarvas-admin: %s\n", db_errmsg(d));
 	db_close(d);

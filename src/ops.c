@@ -23,18 +23,18 @@
 static int database_writable(struct db *d, char *err, size_t errlen)
 {
 	static const char sql[] = "UPDATE health_probe SET checked_at = ?1 WHERE id = 1";
-	sqlite3_stmt *st;
-	int rc = SQLITE_ERROR;
+	struct db_stmt *st;
+	int rc = DB_ERROR;
 
 	if (db_begin(d) < 0)
 		goto fail;
 	st = db_stmt(d, sql);
 	if (st) {
-		sqlite3_bind_int64(st, 1, (sqlite3_int64)time(NULL));
-		rc = sqlite3_step(st);
-		sqlite3_reset(st);
+		db_bind_int64(st, 1, (long long)time(NULL));
+		rc = db_step(st);
+		db_reset(st);
 	}
-	if (rc != SQLITE_DONE || sqlite3_changes(db_handle(d)) != 1 || db_commit(d) < 0)
+	if (rc != DB_DONE || db_changes(d) != 1 || db_commit(d) < 0)
 		goto fail;
 	return 0;
 fail:
@@ -50,7 +50,7 @@ static int database_ok(char *err, size_t errlen)
 {
 	static const char sql[] = "SELECT count(*) FROM sequences";
 	struct db *d = db_open(config.db_path, 0);
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 
 	if (!d) {
@@ -58,15 +58,15 @@ static int database_ok(char *err, size_t errlen)
 		return -1;
 	}
 	st = db_stmt(d, sql);
-	rc = st ? sqlite3_step(st) : SQLITE_ERROR;
-	if (rc != SQLITE_ROW)
+	rc = st ? db_step(st) : DB_ERROR;
+	if (rc != DB_ROW)
 		snprintf(err, errlen, "%s", db_errmsg(d));
 	if (st)
-		sqlite3_reset(st);
-	if (rc == SQLITE_ROW && database_writable(d, err, errlen) < 0)
-		rc = SQLITE_READONLY;
+		db_reset(st);
+	if (rc == DB_ROW && database_writable(d, err, errlen) < 0)
+		rc = DB_ERROR;
 	db_close(d);
-	return rc == SQLITE_ROW ? 0 : -1;
+	return rc == DB_ROW ? 0 : -1;
 }
 
 /* The upstream URL as health shows it: credentials in it (user:password@)

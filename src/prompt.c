@@ -157,23 +157,23 @@ int prompt_get(struct db *d, const struct user *u, struct prompt *p)
 {
 	static const char sql[] =
 		"SELECT value FROM prompt_cache WHERE key = ?1 AND expires_at > ?2";
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 
 	make_key(u, p->key);
 	st = db_stmt(d, sql);
 	if (!st)
 		return -1;
-	sqlite3_bind_text(st, 1, p->key, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, (sqlite3_int64)time(NULL));
-	rc = sqlite3_step(st);
-	p->hit = rc == SQLITE_ROW;
+	db_bind_text(st, 1, p->key, -1);
+	db_bind_int64(st, 2, (long long)time(NULL));
+	rc = db_step(st);
+	p->hit = rc == DB_ROW;
 	buf_reset(&p->text);
-	if (p->hit && buf_append(&p->text, sqlite3_column_text(st, 0),
-				 (size_t)sqlite3_column_bytes(st, 0)) != BUF_OK)
-		rc = SQLITE_NOMEM;
-	sqlite3_reset(st);
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+	if (p->hit &&
+	    buf_append(&p->text, db_column_text(st, 0), (size_t)db_column_bytes(st, 0)) != BUF_OK)
+		rc = DB_ERROR;
+	db_reset(st);
+	if (rc != DB_ROW && rc != DB_DONE)
 		return -1;
 	if (!p->hit && build(u, &p->text) < 0)
 		return -1;
@@ -191,35 +191,35 @@ int prompt_record(struct db *d, const struct prompt *p)
 		"expires_at = excluded.expires_at, hits = 0";
 	static const char sql_expire[] = "DELETE FROM prompt_cache WHERE expires_at <= ?1";
 	time_t now = time(NULL);
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 
 	if (p->hit) {
 		st = db_stmt(d, sql_hit);
 		if (!st)
 			return -1;
-		sqlite3_bind_text(st, 1, p->key, -1, SQLITE_STATIC);
-		rc = sqlite3_step(st);
-		sqlite3_reset(st);
-		return rc == SQLITE_DONE ? 0 : -1;
+		db_bind_text(st, 1, p->key, -1);
+		rc = db_step(st);
+		db_reset(st);
+		return rc == DB_DONE ? 0 : -1;
 	}
 	/* A miss is rare: the moment to drop expired entries too. */
 	st = db_stmt(d, sql_expire);
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, (sqlite3_int64)now);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
+	db_bind_int64(st, 1, (long long)now);
+	rc = db_step(st);
+	db_reset(st);
+	if (rc != DB_DONE)
 		return -1;
 	st = db_stmt(d, sql_put);
 	if (!st)
 		return -1;
-	sqlite3_bind_text(st, 1, p->key, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, buf_str(&p->text), (int)p->text.len, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, (sqlite3_int64)now);
-	sqlite3_bind_int64(st, 4, (sqlite3_int64)(now + config.prompt_cache_ttl));
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : -1;
+	db_bind_text(st, 1, p->key, -1);
+	db_bind_text(st, 2, buf_str(&p->text), (int)p->text.len);
+	db_bind_int64(st, 3, (long long)now);
+	db_bind_int64(st, 4, (long long)(now + config.prompt_cache_ttl));
+	rc = db_step(st);
+	db_reset(st);
+	return rc == DB_DONE ? 0 : -1;
 }

@@ -61,22 +61,22 @@ static int count_attempt(struct db *d, const char *key, time_t now, struct count
 		"failures = CASE WHEN window_start + ?3 <= ?2 THEN 1 ELSE failures + 1 END, "
 		"window_start = CASE WHEN window_start + ?3 <= ?2 THEN ?2 ELSE window_start END "
 		"RETURNING failures, window_start";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	int rc;
 
 	if (!st)
 		return -1;
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_int64(st, 2, (sqlite3_int64)now);
-	sqlite3_bind_int64(st, 3, config.login_window);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		c->attempts = sqlite3_column_int64(st, 0);
-		c->window_start = sqlite3_column_int64(st, 1);
-		rc = sqlite3_step(st);
+	db_bind_text_copy(st, 1, key, -1);
+	db_bind_int64(st, 2, (long long)now);
+	db_bind_int64(st, 3, config.login_window);
+	rc = db_step(st);
+	if (rc == DB_ROW) {
+		c->attempts = db_column_int64(st, 0);
+		c->window_start = db_column_int64(st, 1);
+		rc = db_step(st);
 	}
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : -1;
+	db_reset(st);
+	return rc == DB_DONE ? 0 : -1;
 }
 
 /* Seconds until c's window ends, at least 1. */
@@ -135,15 +135,15 @@ int throttle_succeeded(struct db *d, const char *username, const char *addr)
 	if (db_begin(d) < 0)
 		goto out;
 	for (k = THROTTLE_PAIR; k <= THROTTLE_USER; k++) {
-		sqlite3_stmt *st = db_stmt(d, k == THROTTLE_PAIR ? forget : uncount);
+		struct db_stmt *st = db_stmt(d, k == THROTTLE_PAIR ? forget : uncount);
 		int step;
 
 		if (!st || throttle_key(&key, k, username, addr) < 0)
 			goto out;
-		sqlite3_bind_text(st, 1, buf_str(&key), -1, SQLITE_TRANSIENT);
-		step = sqlite3_step(st);
-		sqlite3_reset(st);
-		if (step != SQLITE_DONE)
+		db_bind_text_copy(st, 1, buf_str(&key), -1);
+		step = db_step(st);
+		db_reset(st);
+		if (step != DB_DONE)
 			goto out;
 	}
 	rc = db_commit(d);

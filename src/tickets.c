@@ -43,27 +43,27 @@ static void ticket_hash(unsigned char out[crypto_generichash_BYTES], const char 
 }
 
 /* Run a statement that returns at most one row, after its parameters are
- * bound; the row's first two columns in *a and *b.  SQLITE_ROW,
- * SQLITE_DONE or an error code. */
-static int step_once(sqlite3_stmt *st, long long *a, long long *b)
+ * bound; the row's first two columns in *a and *b.  DB_ROW,
+ * DB_DONE or an error code. */
+static int step_once(struct db_stmt *st, long long *a, long long *b)
 {
-	int rc = sqlite3_step(st);
+	int rc = db_step(st);
 
-	if (rc == SQLITE_ROW && a)
-		*a = sqlite3_column_int64(st, 0);
-	if (rc == SQLITE_ROW && b)
-		*b = sqlite3_column_int64(st, 1);
-	sqlite3_reset(st);
+	if (rc == DB_ROW && a)
+		*a = db_column_int64(st, 0);
+	if (rc == DB_ROW && b)
+		*b = db_column_int64(st, 1);
+	db_reset(st);
 	return rc;
 }
 
 /* The statement for sql with the hash bound to ?1, or NULL. */
-static sqlite3_stmt *with_hash(struct db *d, const char *sql, const unsigned char *hash)
+static struct db_stmt *with_hash(struct db *d, const char *sql, const unsigned char *hash)
 {
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 
 	if (st)
-		sqlite3_bind_blob(st, 1, hash, crypto_generichash_BYTES, SQLITE_STATIC);
+		db_bind_blob(st, 1, hash, crypto_generichash_BYTES);
 	return st;
 }
 
@@ -79,24 +79,24 @@ static int ticket_store(struct db *d, long long user_id, const unsigned char *ha
 	static const char sql_insert[] =
 		"INSERT INTO stream_tickets (hash, user_id, expires_at) VALUES (?1, ?2, ?3)";
 	long long n = 0, oldest = 0;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int full;
 
 	if (db_begin(d) < 0 || !(st = db_stmt(d, sql_purge)))
 		goto fail;
-	sqlite3_bind_int64(st, 1, now);
-	if (step_once(st, NULL, NULL) != SQLITE_DONE || !(st = db_stmt(d, sql_count)))
+	db_bind_int64(st, 1, now);
+	if (step_once(st, NULL, NULL) != DB_DONE || !(st = db_stmt(d, sql_count)))
 		goto fail;
-	sqlite3_bind_int64(st, 1, user_id);
-	if (step_once(st, &n, &oldest) != SQLITE_ROW)
+	db_bind_int64(st, 1, user_id);
+	if (step_once(st, &n, &oldest) != DB_ROW)
 		goto fail;
 	full = n >= TICKETS_PER_USER_MAX;
 	if (!full) {
 		if (!(st = with_hash(d, sql_insert, hash)))
 			goto fail;
-		sqlite3_bind_int64(st, 2, user_id);
-		sqlite3_bind_int64(st, 3, expires);
-		if (step_once(st, NULL, NULL) != SQLITE_DONE)
+		db_bind_int64(st, 2, user_id);
+		db_bind_int64(st, 3, expires);
+		if (step_once(st, NULL, NULL) != DB_DONE)
 			goto fail;
 	}
 	if (db_commit(d) < 0)
@@ -120,26 +120,26 @@ static int ticket_spend(struct db *d, const unsigned char *hash, long long now, 
 		"SELECT user_id, expires_at, spent FROM stream_tickets WHERE hash = ?1";
 	static const char sql_spend[] = "UPDATE stream_tickets SET spent = 1 WHERE hash = ?1";
 	long long expires = 0;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc, spent = 0;
 
 	if (db_begin(d) < 0 || !(st = with_hash(d, sql_find, hash)))
 		goto fail;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		*user_id = sqlite3_column_int64(st, 0);
-		expires = sqlite3_column_int64(st, 1);
-		spent = sqlite3_column_int(st, 2);
+	rc = db_step(st);
+	if (rc == DB_ROW) {
+		*user_id = db_column_int64(st, 0);
+		expires = db_column_int64(st, 1);
+		spent = db_column_int(st, 2);
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+	db_reset(st);
+	if (rc != DB_ROW && rc != DB_DONE)
 		goto fail;
-	if (rc == SQLITE_ROW && spend && !spent &&
-	    (!(st = with_hash(d, sql_spend, hash)) || step_once(st, NULL, NULL) != SQLITE_DONE))
+	if (rc == DB_ROW && spend && !spent &&
+	    (!(st = with_hash(d, sql_spend, hash)) || step_once(st, NULL, NULL) != DB_DONE))
 		goto fail;
 	if (db_commit(d) < 0)
 		goto fail;
-	return rc == SQLITE_ROW && expires > now && !(spend && spent);
+	return rc == DB_ROW && expires > now && !(spend && spent);
 fail:
 	db_rollback(d);
 	return -1;

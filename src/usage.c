@@ -19,19 +19,19 @@ int usage_record(struct db *d, long long message_id, long long user_id, const ch
 {
 	static const char sql[] = "INSERT OR REPLACE INTO usage (message_id, user_id, model, "
 				  "prompt_tokens, completion_tokens) VALUES (?1, ?2, ?3, ?4, ?5)";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	int rc;
 
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, message_id);
-	sqlite3_bind_int64(st, 2, user_id);
-	sqlite3_bind_text(st, 3, model, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, prompt_tokens > 0 ? prompt_tokens : 0);
-	sqlite3_bind_int64(st, 5, completion_tokens > 0 ? completion_tokens : 0);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	return rc == SQLITE_DONE ? 0 : -1;
+	db_bind_int64(st, 1, message_id);
+	db_bind_int64(st, 2, user_id);
+	db_bind_text(st, 3, model, -1);
+	db_bind_int64(st, 4, prompt_tokens > 0 ? prompt_tokens : 0);
+	db_bind_int64(st, 5, completion_tokens > 0 ? completion_tokens : 0);
+	rc = db_step(st);
+	db_reset(st);
+	return rc == DB_DONE ? 0 : -1;
 }
 
 /* t as stored in created_at: "YYYY-MM-DDTHH:MM:SS.000Z" (sorts as time). */
@@ -54,21 +54,21 @@ int usage_today(struct db *d, long long user_id, long long *used, int *reset_in)
 	static const char sql[] = "SELECT total(prompt_tokens + completion_tokens) FROM usage "
 				  "WHERE user_id = ?1 AND created_at >= ?2";
 	long long now = (long long)time(NULL), start = midnight_today(now);
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	char since[32];
 	int rc;
 
 	if (!st)
 		return -1;
 	iso_time(start, since);
-	sqlite3_bind_int64(st, 1, user_id);
-	sqlite3_bind_text(st, 2, since, -1, SQLITE_TRANSIENT);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		*used = (long long)sqlite3_column_double(st, 0);
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, user_id);
+	db_bind_text_copy(st, 2, since, -1);
+	rc = db_step(st);
+	if (rc == DB_ROW)
+		*used = (long long)db_column_double(st, 0);
+	db_reset(st);
 	*reset_in = (int)(start + 86400 - now);
-	return rc == SQLITE_ROW ? 0 : -1;
+	return rc == DB_ROW ? 0 : -1;
 }
 
 /* n digits at p as a number, or -1. */
@@ -156,20 +156,20 @@ static int add_totals(cJSON *o, struct db *d, long long user_id, const char *sin
 	static const char sql[] = "SELECT model, total(prompt_tokens), total(completion_tokens), "
 				  "count(*) FROM usage WHERE user_id = ?1 AND created_at >= ?2 "
 				  "GROUP BY model ORDER BY model";
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	long long prompt = 0, completion = 0, replies = 0;
 	cJSON *models;
 	int rc;
 
 	if (!st || !(models = cJSON_CreateArray()))
 		return -1;
-	sqlite3_bind_int64(st, 1, user_id);
-	sqlite3_bind_text(st, 2, since, -1, SQLITE_TRANSIENT);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		const char *model = (const char *)sqlite3_column_text(st, 0);
-		long long p = (long long)sqlite3_column_double(st, 1);
-		long long c = (long long)sqlite3_column_double(st, 2);
-		long long n = sqlite3_column_int64(st, 3);
+	db_bind_int64(st, 1, user_id);
+	db_bind_text_copy(st, 2, since, -1);
+	while ((rc = db_step(st)) == DB_ROW) {
+		const char *model = db_column_text(st, 0);
+		long long p = (long long)db_column_double(st, 1);
+		long long c = (long long)db_column_double(st, 2);
+		long long n = db_column_int64(st, 3);
 		cJSON *m = cJSON_CreateObject();
 
 		if (!m)
@@ -182,8 +182,8 @@ static int add_totals(cJSON *o, struct db *d, long long user_id, const char *sin
 		completion += c;
 		replies += n;
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE || add_counts(o, prompt, completion, replies) < 0) {
+	db_reset(st);
+	if (rc != DB_DONE || add_counts(o, prompt, completion, replies) < 0) {
 		cJSON_Delete(models);
 		return -1;
 	}

@@ -14,57 +14,56 @@ static const char sql_by_name[] =
 static const char sql_by_id[] =
 	"SELECT id, username, is_active, password_hash, context FROM users WHERE id = ?1";
 
-static int copy_text(char *dst, size_t cap, const unsigned char *src)
+static int copy_text(char *dst, size_t cap, const char *src)
 {
-	size_t n = src ? strlen((const char *)src) : 0;
+	size_t n = src ? strlen(src) : 0;
 
 	if (n >= cap)
 		return -1;
-	memcpy(dst, src ? (const char *)src : "", n + 1);
+	memcpy(dst, src ? src : "", n + 1);
 	return 0;
 }
 
-static int users_fetch(sqlite3_stmt *st, struct user *u)
+static int users_fetch(struct db_stmt *st, struct user *u)
 {
-	const unsigned char *ctx;
-	int rc = sqlite3_step(st);
+	const char *ctx;
+	int rc = db_step(st);
 
-	if (rc == SQLITE_DONE)
+	if (rc == DB_DONE)
 		return 0;
-	if (rc != SQLITE_ROW)
+	if (rc != DB_ROW)
 		return -1;
 	memset(u, 0, sizeof *u);
-	u->id = sqlite3_column_int64(st, 0);
-	u->active = sqlite3_column_int(st, 2);
-	ctx = sqlite3_column_text(st, 4);
-	u->context = strdup(ctx ? (const char *)ctx : "");
-	if (!u->context ||
-	    copy_text(u->username, sizeof u->username, sqlite3_column_text(st, 1)) < 0 ||
-	    copy_text(u->password_hash, sizeof u->password_hash, sqlite3_column_text(st, 3)) < 0) {
+	u->id = db_column_int64(st, 0);
+	u->active = db_column_int(st, 2);
+	ctx = db_column_text(st, 4);
+	u->context = strdup(ctx ? ctx : "");
+	if (!u->context || copy_text(u->username, sizeof u->username, db_column_text(st, 1)) < 0 ||
+	    copy_text(u->password_hash, sizeof u->password_hash, db_column_text(st, 3)) < 0) {
 		users_clear(u);
 		return -1;
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return 1;
 }
 
 int users_by_name(struct db *d, const char *name, struct user *u)
 {
-	sqlite3_stmt *st = db_stmt(d, sql_by_name);
+	struct db_stmt *st = db_stmt(d, sql_by_name);
 
 	if (!st)
 		return -1;
-	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	db_bind_text(st, 1, name, -1);
 	return users_fetch(st, u);
 }
 
 int users_by_id(struct db *d, long long id, struct user *u)
 {
-	sqlite3_stmt *st = db_stmt(d, sql_by_id);
+	struct db_stmt *st = db_stmt(d, sql_by_id);
 
 	if (!st)
 		return -1;
-	sqlite3_bind_int64(st, 1, id);
+	db_bind_int64(st, 1, id);
 	return users_fetch(st, u);
 }
 
@@ -110,7 +109,7 @@ int users_name_valid(const char *name)
 int users_create(struct db *d, const char *name, const char *hash, char *err, size_t errlen)
 {
 	static const char sql[] = "INSERT INTO users (username, password_hash) VALUES (?1, ?2)";
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 
 	if (!users_name_valid(name)) {
@@ -122,13 +121,13 @@ int users_create(struct db *d, const char *name, const char *hash, char *err, si
 		snprintf(err, errlen, "%s", db_errmsg(d));
 		return -1;
 	}
-	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, hash, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	if (rc == SQLITE_DONE)
+	db_bind_text(st, 1, name, -1);
+	db_bind_text(st, 2, hash, -1);
+	rc = db_step(st);
+	db_reset(st);
+	if (rc == DB_DONE)
 		return 0;
-	if (rc == SQLITE_CONSTRAINT_UNIQUE)
+	if (rc == DB_CONSTRAINT)
 		snprintf(err, errlen, "user %s already exists", name);
 	else
 		snprintf(err, errlen, "%s", db_errmsg(d));
@@ -137,19 +136,19 @@ int users_create(struct db *d, const char *name, const char *hash, char *err, si
 
 static int users_update(struct db *d, const char *sql, const char *name, const char *value)
 {
-	sqlite3_stmt *st = db_stmt(d, sql);
+	struct db_stmt *st = db_stmt(d, sql);
 	int rc;
 
 	if (!st)
 		return -1;
 	if (value)
-		sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
+		db_bind_text(st, 2, value, -1);
+	db_bind_text(st, 1, name, -1);
+	rc = db_step(st);
+	db_reset(st);
+	if (rc != DB_DONE)
 		return -1;
-	return sqlite3_changes(db_handle(d)) > 0 ? 1 : 0;
+	return db_changes(d) > 0 ? 1 : 0;
 }
 
 int users_set_password(struct db *d, const char *name, const char *hash)
