@@ -369,6 +369,14 @@ int db_step(struct db_stmt *st)
 						  : DB_ERROR;
 }
 
+int db_step_done(struct db_stmt *st)
+{
+	int rc = db_step(st);
+
+	db_reset(st);
+	return rc == DB_DONE ? 0 : -1;
+}
+
 void db_reset(struct db_stmt *st)
 {
 	sqlite3_reset(sq(st));

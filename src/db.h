@@ -57,6 +57,9 @@ enum {
 	DB_CONSTRAINT = -2, /* refused by a constraint (UNIQUE, CHECK, ...) */
 };
 int db_step(struct db_stmt *st);
+/* Step a statement that returns no rows to its end, and reset it:
+ * 0, or -1 (the step failed). */
+int db_step_done(struct db_stmt *st);
 /* Back to its start, bindings kept; what db_stmt() does too. */
 void db_reset(struct db_stmt *st);
 

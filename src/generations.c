@@ -121,14 +121,11 @@ int generations_release(struct db *d, long long message_id)
 {
 	static const char sql[] = "DELETE FROM generations WHERE message_id = ?1";
 	struct db_stmt *st = db_stmt(d, sql);
-	int rc;
 
 	if (!st)
 		return -1;
 	db_bind_int64(st, 1, message_id);
-	rc = db_step(st);
-	db_reset(st);
-	return rc == DB_DONE ? 0 : -1;
+	return db_step_done(st);
 }
 
 int generations_find(struct db *d, long long user_id, long long message_id,

@@ -34,15 +34,6 @@ void history_free(struct history *h)
 	h->n = 0;
 }
 
-/* Run a statement that returns no rows: 0 or -1. */
-static int step_done(struct db_stmt *st)
-{
-	int rc = db_step(st);
-
-	db_reset(st);
-	return rc == DB_DONE ? 0 : -1;
-}
-
 /* ?1..?3 of a messages row: its id, its user and conversation. */
 static void bind_row(struct db_stmt *st, long long id, long long user_id, const char *conversation)
 {
@@ -210,7 +201,7 @@ int history_store_message(struct db *d, long long id, long long user_id, const c
 	db_bind_text(st, 4, role, -1);
 	db_bind_text(st, 5, text, (int)len);
 	db_bind_int(st, 6, complete);
-	return step_done(st);
+	return db_step_done(st);
 }
 
 /* Bind the final fields of a reply to ?5..?10, ?12 and ?13 of a
@@ -252,7 +243,7 @@ int history_store(struct db *d, long long user_id, const char *conversation, lon
 	bind_row(st, reply_id, user_id, conversation);
 	db_bind_text(st, 4, rep->text, (int)rep->len);
 	bind_reply(st, rep);
-	return step_done(st);
+	return db_step_done(st);
 }
 
 int history_start_reply(struct db *d, long long reply_id, long long user_id,
@@ -267,7 +258,7 @@ int history_start_reply(struct db *d, long long reply_id, long long user_id,
 		return -1;
 	bind_row(st, reply_id, user_id, conversation);
 	db_bind_text(st, 4, model, -1);
-	return step_done(st);
+	return db_step_done(st);
 }
 
 int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, long long user_id,
@@ -306,7 +297,7 @@ int history_save_reply(struct db *d, long long user_msg_id, long long reply_id, 
 	else if (rep->model)
 		db_bind_text(st, 12, rep->model, -1);
 	db_bind_int64(st, 11, user_msg_id);
-	return step_done(st);
+	return db_step_done(st);
 }
 
 int history_chunk_put(struct buf *b, size_t len)
@@ -422,16 +413,13 @@ int history_forget(struct db *d, long long user_id, long long user_msg_id, long 
 {
 	static const char sql[] = "DELETE FROM messages WHERE user_id = ?1 AND id IN (?2, ?3)";
 	struct db_stmt *st = db_stmt(d, sql);
-	int rc;
 
 	if (!st)
 		return -1;
 	db_bind_int64(st, 1, user_id);
 	db_bind_int64(st, 2, user_msg_id);
 	db_bind_int64(st, 3, reply_id);
-	rc = db_step(st);
-	db_reset(st);
-	return rc == DB_DONE ? 0 : -1;
+	return db_step_done(st);
 }
 
 int history_delete(struct db *d, long long user_id, const char *conversation)

@@ -199,9 +199,7 @@ int prompt_record(struct db *d, const struct prompt *p)
 		if (!st)
 			return -1;
 		db_bind_text(st, 1, p->key, -1);
-		rc = db_step(st);
-		db_reset(st);
-		return rc == DB_DONE ? 0 : -1;
+		return db_step_done(st);
 	}
 	/* A miss is rare: the moment to drop expired entries too. */
 	st = db_stmt(d, sql_expire);
@@ -219,7 +217,5 @@ int prompt_record(struct db *d, const struct prompt *p)
 	db_bind_text(st, 2, buf_str(&p->text), (int)p->text.len);
 	db_bind_int64(st, 3, (long long)now);
 	db_bind_int64(st, 4, (long long)(now + config.prompt_cache_ttl));
-	rc = db_step(st);
-	db_reset(st);
-	return rc == DB_DONE ? 0 : -1;
+	return db_step_done(st);
 }

@@ -42,11 +42,6 @@ static struct curl_slist *headers;     /* of a chat request */
 static struct curl_slist *get_headers; /* of a GET: the API key alone */
 static char *chat_url;
 
-const struct wire *upstream_wire(void)
-{
-	return wire;
-}
-
 double upstream_now(void)
 {
 	struct timespec ts;

@@ -146,9 +146,6 @@ void upstream_free(struct upstream *u);
  * completed (outcome DONE) and -1 otherwise; res says why. */
 int upstream_chat(struct worker *w, const struct upstream_call *call, struct upstream_result *res);
 
-/* The protocol in use (JARVAS_UPSTREAM_API). */
-const struct wire *upstream_wire(void);
-
 /* GET the protocol's model list (/api/tags, /v1/models) within
  * timeout_ms and call fn(ctx, name) for each model in it (fn NULL: only
  * the health check).  0, or -1 with a reason. */

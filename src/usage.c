@@ -20,7 +20,6 @@ int usage_record(struct db *d, long long message_id, long long user_id, const ch
 	static const char sql[] = "INSERT OR REPLACE INTO usage (message_id, user_id, model, "
 				  "prompt_tokens, completion_tokens) VALUES (?1, ?2, ?3, ?4, ?5)";
 	struct db_stmt *st = db_stmt(d, sql);
-	int rc;
 
 	if (!st)
 		return -1;
@@ -29,9 +28,7 @@ int usage_record(struct db *d, long long message_id, long long user_id, const ch
 	db_bind_text(st, 3, model, -1);
 	db_bind_int64(st, 4, prompt_tokens > 0 ? prompt_tokens : 0);
 	db_bind_int64(st, 5, completion_tokens > 0 ? completion_tokens : 0);
-	rc = db_step(st);
-	db_reset(st);
-	return rc == DB_DONE ? 0 : -1;
+	return db_step_done(st);
 }
 
 /* t as stored in created_at: "YYYY-MM-DDTHH:MM:SS.000Z" (sorts as time). */

@@ -6,7 +6,9 @@ fake's Ollama and OpenAI endpoints (JARVAS_TEST_UPSTREAM_API)."""
 
 import datetime
 import json
+import os
 import re
+import subprocess
 
 import harness
 from test_stream import account, conv, fake, fake_request, history, marker, query
@@ -290,3 +292,31 @@ def test_a_reply_cut_by_its_token_limit_says_so(stack):
     assert status == 200 and final["finish_reason"] == "length", final
     msgs = history(stack, user, c)
     assert [m.get("finish_reason") for m in msgs] == [None, "length", None, "length"], msgs
+
+
+# --- settings that cannot be served are refused at start, with a reason ---------------
+
+# name, the variables, what the refusal says
+BAD_SETTINGS = [
+    ("unknown_protocol", dict(JARVAS_UPSTREAM_API="gemini"),
+     "JARVAS_UPSTREAM_API=gemini: expected ollama or openai"),
+    ("default_outside_the_list", dict(JARVAS_MODELS="a,b", JARVAS_MODEL="c"),
+     "JARVAS_MODEL=c is not one of JARVAS_MODELS"),
+    ("a_name_with_a_space", dict(JARVAS_MODELS="a, b c"), '"b c" is not a model name'),
+    ("too_many_models", dict(JARVAS_MODELS=",".join(f"m{i}" for i in range(33))),
+     "at most 32 models"),
+    ("a_key_with_a_line_break", dict(JARVAS_UPSTREAM_API_KEY="sk-1\r\nX-Injected: 1"),
+     "JARVAS_UPSTREAM_API_KEY: holds a control character"),
+    ("a_negative_quota", dict(JARVAS_TOKENS_PER_DAY="-1"),
+     "JARVAS_TOKENS_PER_DAY=-1: expected a whole number"),
+]
+
+
+@harness.cases(BAD_SETTINGS)
+def test_a_setting_that_cannot_be_served_stops_the_start_with_its_reason(stack, case):
+    _, env, reason = case
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("JARVAS_")}
+    run_env.update(JARVAS_STATE_DIR=str(stack.state), **env)
+    p = subprocess.run([str(harness.BIN_DIR / "jarvas-admin"), "users"], env=run_env,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and reason in p.stderr, (p.returncode, p.stderr)
